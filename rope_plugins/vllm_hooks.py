@@ -1,0 +1,98 @@
+"""Where the Resonance types enter vLLM: `get_rope` and the max_model_len derivation.
+
+vLLM dispatches RoPE types in `get_rope` with no registry, and derives the served context
+length from a fixed list of types. Both are wrapped, once per process, so that Resonance types
+build a `ResonanceRotaryEmbedding` and serve the length of the types they extend; every other type
+goes to vLLM untouched.
+"""
+
+import functools
+import inspect
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from rope_plugins.resonance import served_max_positions
+from rope_plugins.validation import RESONANCE_TYPES, validate_rope_parameters
+
+_WRAPPED = "__resonance_wrapped__"
+
+
+def _wrap_get_rope(original: Callable[..., Any]) -> Callable[..., Any]:
+    from rope_plugins.vllm_rotary import ResonanceRotaryEmbedding
+
+    signature = inspect.signature(original)
+    cache: dict[tuple[Any, ...], ResonanceRotaryEmbedding] = {}
+
+    @functools.wraps(original)
+    def get_rope(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        a = bound.arguments
+        params = a["rope_parameters"] or {}
+        if params.get("rope_type") not in RESONANCE_TYPES:
+            return original(*args, **kwargs)
+        if a["dual_chunk_attention_config"] is not None or "mrope_section" in params:
+            raise ValueError(
+                f"rope_type {params['rope_type']!r} supports plain (1-D) RoPE only, "
+                "not dual-chunk attention or M-RoPE"
+            )
+        head_size = a["head_size"]
+        rotary_dim = params.get("rope_dim") or int(
+            head_size * params.get("partial_rotary_factor", 1.0)
+        )
+        dtype = a["dtype"] or torch.get_default_dtype()
+        frozen = tuple(
+            sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in params.items())
+        )
+        key = (head_size, rotary_dim, a["max_position"], a["is_neox_style"], frozen, dtype)
+        if key not in cache:
+            cache[key] = ResonanceRotaryEmbedding(
+                head_size, rotary_dim, a["max_position"], a["is_neox_style"], dtype, params
+            )
+        return cache[key]
+
+    setattr(get_rope, _WRAPPED, True)
+    return get_rope
+
+
+def _as_served_length(
+    original: Callable[..., Iterator[dict[str, Any]]],
+) -> Callable[..., Iterator[dict[str, Any]]]:
+    """Show vLLM's max_model_len derivation each Resonance type as a plain factor.
+
+    vLLM multiplies max_position_embeddings by ``factor`` for the types it does not list as
+    already extended; a Resonance type is shown as that factor: served length / max positions.
+    """
+
+    @functools.wraps(original)
+    def iter_rope_parameters(config: Any) -> Iterator[dict[str, Any]]:
+        for params in original(config):
+            if params.get("rope_type") not in RESONANCE_TYPES:
+                yield params
+                continue
+            validate_rope_parameters(params)
+            max_position = config.max_position_embeddings
+            served = served_max_positions(params, max_position)
+            yield {"rope_type": params["rope_type"], "factor": served / max_position}
+
+    setattr(iter_rope_parameters, _WRAPPED, True)
+    return iter_rope_parameters
+
+
+def install() -> None:
+    """Wrap vLLM's `get_rope` (everywhere it was imported) and its max-length derivation."""
+    import vllm.config.model as model_config
+    import vllm.model_executor.layers.rotary_embedding as rotary
+
+    if not getattr(rotary.get_rope, _WRAPPED, False):
+        original = rotary.get_rope
+        wrapped = _wrap_get_rope(original)
+        for name, module in list(sys.modules.items()):
+            # vars(), not getattr: lazy modules would import on attribute access.
+            if name.startswith("vllm") and vars(module).get("get_rope") is original:
+                module.get_rope = wrapped
+    if not getattr(model_config.iter_rope_parameters, _WRAPPED, False):
+        model_config.iter_rope_parameters = _as_served_length(model_config.iter_rope_parameters)

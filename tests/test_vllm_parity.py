@@ -1,0 +1,118 @@
+"""Before rounding, each method's frequencies are vLLM's own; after it, vLLM builds our table.
+
+These build vLLM's rotary embeddings directly (no engine) through its own `get_rope`.
+"""
+
+import numpy as np
+import pytest
+import torch
+from vllm.config import VllmConfig, set_current_vllm_config
+from vllm.model_executor.layers import rotary_embedding
+
+import rope_plugins
+from rope_plugins import frequencies as f
+from rope_plugins.resonance import resonance_rope
+from rope_plugins.vllm_rotary import ResonanceRotaryEmbedding
+from tests import reference as ref
+
+HEAD, BASE, ORIGINAL, FACTOR = 128, 10000.0, 2048, 4.0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def vllm_context():
+    rope_plugins.register()
+    with set_current_vllm_config(VllmConfig()):
+        yield
+
+
+def vllm_rope(rope_type: str, max_position: int = ORIGINAL, **params):
+    params = {"rope_type": rope_type, "rope_theta": BASE, **params}
+    return rotary_embedding.get_rope(HEAD, max_position, True, params, torch.float32)
+
+
+def vllm_inv_freq(rope_type: str, max_position: int = ORIGINAL, **params) -> np.ndarray:
+    rope = vllm_rope(rope_type, max_position, **params)
+    argument = rope.scaling_factor if rope_type == "yarn" else rope.base
+    return rope._compute_inv_freq(argument).double().numpy()
+
+
+@pytest.mark.parametrize(
+    ("rope_type", "params", "ours"),
+    [
+        ("default", {}, f.rope_inv_freq(HEAD, BASE)),
+        ("ntk", {"factor": FACTOR}, f.ntk_inv_freq(HEAD, BASE, FACTOR)),
+        ("ntk", {"factor": FACTOR, "mixed_b": 1.5}, f.ntk_inv_freq(HEAD, BASE, FACTOR, 1.5)),
+        (
+            "llama3",
+            {
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": ORIGINAL,
+            },
+            f.llama3_inv_freq(HEAD, BASE, 8.0, 1.0, 4.0, ORIGINAL),
+        ),
+        (
+            "yarn",
+            {"factor": FACTOR, "original_max_position_embeddings": ORIGINAL, "beta_fast": 16},
+            f.yarn_inv_freq(HEAD, BASE, FACTOR, ORIGINAL, beta_fast=16),
+        ),
+    ],
+)
+def test_unrounded_frequencies_are_vllms(rope_type, params, ours):
+    np.testing.assert_allclose(vllm_inv_freq(rope_type, **params), ours.numpy(), rtol=2e-6)
+
+
+def test_yarn_attention_factor_is_vllms():
+    for extra in ({}, {"attention_factor": 1.3}, {"mscale": 1.0, "mscale_all_dim": 0.5}):
+        params = {"factor": FACTOR, "original_max_position_embeddings": ORIGINAL, **extra}
+        ours = f.yarn_attention_factor(
+            FACTOR, extra.get("attention_factor"), extra.get("mscale"), extra.get("mscale_all_dim")
+        )
+        assert vllm_rope("yarn", **params).mscale == pytest.approx(ours, rel=1e-12)
+
+
+def test_get_rope_builds_resonance_tables_and_leaves_other_types_alone():
+    params = {"factor": FACTOR, "original_max_position_embeddings": ORIGINAL}
+    ours = vllm_rope("resonance_yarn", **params)
+    theirs = vllm_rope("yarn", **params)
+    assert isinstance(ours, ResonanceRotaryEmbedding)
+    assert isinstance(ours, rotary_embedding.RotaryEmbedding)
+    assert type(theirs) is rotary_embedding.YaRNScalingRotaryEmbedding
+    assert ours.cos_sin_cache.shape == theirs.cos_sin_cache.shape == (ORIGINAL * FACTOR, HEAD)
+    theta, mscale = ref.yarn(HEAD, BASE, FACTOR, ORIGINAL)
+    expected = ref.cos_sin(ref.resonance(theta), np.arange(ORIGINAL * int(FACTOR)), mscale)
+    np.testing.assert_allclose(ours.cos_sin_cache.double().numpy(), expected, atol=2e-7, rtol=0)
+    assert vllm_rope("resonance_yarn", **params) is ours  # shared between layers, like vLLM's
+
+
+def test_linear_table_realises_the_scaled_wavelengths():
+    """vLLM's linear scaling divides positions; the rounded wavelength is the scaled one."""
+    ours = vllm_rope("resonance_linear", factor=FACTOR)
+    theirs = vllm_rope("linear", factor=FACTOR)
+    assert ours.cos_sin_cache.shape == theirs.cos_sin_cache.shape
+    expected = ref.cos_sin(ref.resonance(ref.linear(HEAD, BASE, FACTOR)), np.arange(ORIGINAL * 4))
+    np.testing.assert_allclose(ours.cos_sin_cache.double().numpy(), expected, atol=2e-7, rtol=0)
+
+
+def test_forward_rotates_queries_with_the_resonance_table():
+    params = {"factor": FACTOR, "original_max_position_embeddings": ORIGINAL}
+    rope = vllm_rope("resonance_yarn", **params)
+    positions = torch.tensor([0, 5, 3000, 8191])
+    query = torch.randn(4, HEAD, generator=torch.Generator().manual_seed(0))
+    key = query.clone()
+    out_q, _ = rope.forward_native(positions, query.clone(), key)
+    table = resonance_rope(
+        {"rope_type": "resonance_yarn", **params}, HEAD, ORIGINAL
+    ).cos_sin_table()
+    cos, sin = table[positions].chunk(2, dim=-1)
+    x1, x2 = query.double().chunk(2, dim=-1)
+    expected = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    torch.testing.assert_close(out_q.double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_registering_twice_changes_nothing():
+    before = rotary_embedding.get_rope
+    rope_plugins.register()
+    assert rotary_embedding.get_rope is before
+    assert rotary_embedding.get_rope.__wrapped__.__module__.startswith("vllm")
