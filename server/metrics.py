@@ -1,0 +1,106 @@
+"""Prometheus metrics of the server, with names dashboards can rely on.
+
+Latencies and token counts come from the statistics vLLM's engine already computes for every
+step (a stat logger it calls), so the front end adds no work per token. vLLM's own ``vllm:*``
+metrics live in the same default registry and are exported beside these.
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+from vllm.v1.metrics.loggers import StatLoggerBase
+
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75,
+    1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0,
+)  # fmt: skip
+
+
+def token_buckets(max_tokens: int) -> list[int]:
+    """1, 2, 5, 10, 20, 50, ... up to and including the longest context served."""
+    buckets, scale = [], 1
+    while scale < max_tokens:
+        buckets += [b * scale for b in (1, 2, 5) if b * scale < max_tokens]
+        scale *= 10
+    return [*buckets, max_tokens]
+
+
+class Metrics:
+    """The server's metrics; made once per process, when the served context is known."""
+
+    def __init__(self, max_model_len: int, rope: Mapping[str, Any]) -> None:
+        self.requests = Counter(
+            "resonance_requests", "HTTP requests by endpoint and status", ["endpoint", "status"]
+        )
+        self.time_to_first_token = Histogram(
+            "resonance_time_to_first_token_seconds",
+            "Time from arrival to the first output token",
+            buckets=LATENCY_BUCKETS,
+        )
+        self.inter_token_latency = Histogram(
+            "resonance_inter_token_latency_seconds",
+            "Time between consecutive output tokens",
+            buckets=LATENCY_BUCKETS,
+        )
+        self.e2e_latency = Histogram(
+            "resonance_e2e_request_latency_seconds",
+            "Time from arrival to the last output token",
+            buckets=LATENCY_BUCKETS,
+        )
+        tokens = token_buckets(max_model_len)
+        self.prompt_tokens = Histogram(
+            "resonance_request_prompt_tokens", "Prompt length of finished requests", buckets=tokens
+        )
+        self.generation_tokens = Histogram(
+            "resonance_request_generation_tokens",
+            "Output length of finished requests",
+            buckets=tokens,
+        )
+        self.running = Gauge("resonance_num_requests_running", "Requests the engine is running")
+        self.waiting = Gauge("resonance_num_requests_waiting", "Requests waiting to be scheduled")
+        self.kv_cache_usage = Gauge(
+            "resonance_kv_cache_usage_ratio", "KV-cache blocks in use (0-1)"
+        )
+        info = Gauge(
+            "resonance_rope_info",
+            "RoPE settings of the served model (value 1)",
+            ["rope_type", "factor", "original_max_position_embeddings", "max_model_len"],
+        )
+        info.labels(
+            rope_type=str(rope.get("rope_type", "default")),
+            factor=str(rope.get("factor", 1.0)),
+            original_max_position_embeddings=str(rope.get("original_max_position_embeddings", "")),
+            max_model_len=str(max_model_len),
+        ).set(1)
+
+    def stat_logger(self) -> type[StatLoggerBase]:
+        """A vLLM stat-logger class that records into these metrics."""
+        metrics = self
+
+        class EngineStatLogger(StatLoggerBase):
+            def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+                pass
+
+            def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx=0):
+                if scheduler_stats is not None:
+                    metrics.running.set(scheduler_stats.num_running_reqs)
+                    metrics.waiting.set(
+                        scheduler_stats.num_waiting_reqs + scheduler_stats.num_skipped_waiting_reqs
+                    )
+                    metrics.kv_cache_usage.set(scheduler_stats.kv_cache_usage)
+                if iteration_stats is None:
+                    return
+                for seconds in iteration_stats.time_to_first_tokens_iter:
+                    metrics.time_to_first_token.observe(seconds)
+                for seconds in iteration_stats.inter_token_latencies_iter:
+                    metrics.inter_token_latency.observe(seconds)
+                for finished in iteration_stats.finished_requests:
+                    metrics.e2e_latency.observe(finished.e2e_latency)
+                    metrics.prompt_tokens.observe(finished.num_prompt_tokens)
+                    metrics.generation_tokens.observe(finished.num_generation_tokens)
+
+            def log_engine_initialized(self) -> None:
+                pass
+
+        return EngineStatLogger

@@ -1,0 +1,208 @@
+"""All server settings, declared once: command-line flags, RESONANCE_* variables, a YAML file.
+
+Priority: flags, then environment, then the YAML file named by ``--config`` (or
+RESONANCE_CONFIG), then the defaults below. YAML keys are the field names (``rope_type: yarn``).
+"""
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    CliSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from rope_plugins import validate_rope_parameters
+
+RopeType = Literal[
+    "none",
+    "linear",
+    "dynamic",
+    "ntk",
+    "yarn",
+    "llama3",
+    "resonance",
+    "resonance_yarn",
+    "resonance_linear",
+    "resonance_dynamic",
+    "resonance_ntk",
+    "resonance_llama3",
+]
+# Types whose max_position_embeddings counts the extension (HF's and vLLM's convention).
+EXTENDED_TYPES = frozenset({"yarn", "llama3", "resonance_yarn", "resonance_llama3"})
+DEMO_ROPE_TYPE, DEMO_FACTOR = "resonance_yarn", 4.0
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RESONANCE_", extra="forbid", validate_default=True
+    )
+
+    config: Path | None = Field(None, description="YAML file of settings (keys: field names)")
+
+    # --- model and network
+    model: str | None = Field(
+        None,
+        description="Local checkpoint directory or Hugging Face model id; "
+        "none serves the built-in tiny random-weight demo model",
+    )
+    served_model_name: str | None = Field(None, description="Name clients use (default: --model)")
+    host: str = Field("127.0.0.1", description="Address to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on")
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "resonance-serve",
+        description="Where the demo checkpoint is built once and kept",
+    )
+
+    # --- RoPE scaling, applied to the unmodified checkpoint as a config override
+    rope_type: RopeType | None = Field(
+        None, description="RoPE scaling; unset: as the checkpoint says ('none': plain RoPE)"
+    )
+    rope_factor: float | None = Field(None, ge=1, description="Context extension factor")
+    original_max_position_embeddings: int | None = Field(
+        None, gt=0, description="Trained context length (default: the checkpoint's)"
+    )
+    yarn_beta_fast: float = Field(32.0, gt=0, description="YaRN ramp boundary, fast end")
+    yarn_beta_slow: float = Field(1.0, gt=0, description="YaRN ramp boundary, slow end")
+    llama3_low_freq_factor: float = Field(1.0, gt=0, description="llama3 low-frequency factor")
+    llama3_high_freq_factor: float = Field(4.0, gt=0, description="llama3 high-frequency factor")
+    max_model_len: int | None = Field(
+        None, gt=0, description="Longest prompt + output (default: factor x original)"
+    )
+
+    # --- engine, passed through to vLLM
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights and activations (the demo uses float32)"
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per model replica")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU memory for vLLM")
+    cpu_kv_cache_space_gib: float | None = Field(
+        None, gt=0, description="KV cache size on the CPU build (VLLM_CPU_KVCACHE_SPACE)"
+    )
+    max_num_seqs: int | None = Field(None, ge=1, description="Most sequences running at once")
+    enable_chunked_prefill: bool | None = Field(None, description="Split long prefills")
+    enable_prefix_caching: bool | None = Field(None, description="Reuse KV of shared prefixes")
+    enforce_eager: bool = Field(False, description="No CUDA graphs / compilation")
+    seed: int = Field(0, description="Engine random seed")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, YamlFileSource(settings_cls)
+
+    @model_validator(mode="after")
+    def _check_rope(self) -> "Settings":
+        if self.yarn_beta_fast <= self.yarn_beta_slow:
+            raise ValueError(
+                f"yarn_beta_fast ({self.yarn_beta_fast}) must be greater than "
+                f"yarn_beta_slow ({self.yarn_beta_slow})"
+            )
+        scaled = self.effective_rope_type not in (None, "none", "resonance")
+        if scaled and self.effective_factor is None:
+            raise ValueError(f"rope_factor is required for rope_type {self.rope_type!r}")
+        return self
+
+    @property
+    def is_demo(self) -> bool:
+        return self.model is None
+
+    @property
+    def effective_rope_type(self) -> str | None:
+        if self.rope_type is None and self.is_demo:
+            return DEMO_ROPE_TYPE
+        return self.rope_type
+
+    @property
+    def effective_factor(self) -> float | None:
+        if self.rope_factor is None and self.is_demo and self.rope_type is None:
+            return DEMO_FACTOR
+        return self.rope_factor
+
+
+class YamlFileSource(PydanticBaseSettingsSource):
+    """The YAML file whose path the higher-priority sources (flags, environment) gave."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = self.current_state.get("config")
+        if not path:
+            return {}
+        try:
+            data = yaml.safe_load(Path(path).read_text())
+        except OSError as error:
+            raise ValueError(f"config file {path}: {error.strerror}") from None
+        except yaml.YAMLError as error:
+            raise ValueError(f"config file {path} is not valid YAML: {error}") from None
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {path} must hold a mapping of setting: value")
+        return {str(key).replace("-", "_"): value for key, value in data.items()}
+
+
+def load_settings(argv: list[str] | None) -> Settings:
+    """Settings from flags (``argv``), the environment and the YAML file."""
+    cli = CliSettingsSource(
+        Settings,
+        cli_parse_args=argv if argv is not None else True,
+        cli_prog_name="resonance-serve",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_hide_none_type=True,
+        cli_avoid_json=True,
+    )
+    return Settings(_cli_settings_source=cli)
+
+
+def rope_parameters(
+    settings: Settings, checkpoint_rope: dict[str, Any], checkpoint_max_positions: int
+) -> tuple[dict[str, Any] | None, int | None]:
+    """The ``rope_parameters`` override and ``max_position_embeddings`` for the checkpoint.
+
+    None for both when the settings leave the checkpoint's own RoPE as it is. Raises
+    ValueError (one line, naming the setting) on a combination that cannot be served.
+    """
+    rope_type = settings.effective_rope_type
+    if rope_type is None:
+        return None, None
+    theta = checkpoint_rope.get("rope_theta") or 10000.0
+    if rope_type == "none":
+        return {"rope_type": "default", "rope_theta": theta}, checkpoint_max_positions
+    original = settings.original_max_position_embeddings or checkpoint_max_positions
+    params: dict[str, Any] = {"rope_type": rope_type, "rope_theta": theta}
+    factor = settings.effective_factor or 1.0
+    if rope_type != "resonance":
+        params |= {"factor": factor, "original_max_position_embeddings": original}
+    if rope_type.endswith("yarn"):
+        params |= {"beta_fast": settings.yarn_beta_fast, "beta_slow": settings.yarn_beta_slow}
+    if rope_type.endswith("llama3"):
+        params |= {
+            "low_freq_factor": settings.llama3_low_freq_factor,
+            "high_freq_factor": settings.llama3_high_freq_factor,
+        }
+    if rope_type.startswith("resonance"):
+        validate_rope_parameters(params)
+    served = int(original * factor)
+    if settings.max_model_len is not None and settings.max_model_len > served:
+        raise ValueError(
+            f"max_model_len ({settings.max_model_len}) is longer than rope_factor x "
+            f"original_max_position_embeddings ({factor:g} x {original} = {served})"
+        )
+    # YaRN and llama3 read max_position_embeddings as the extended length; the others scale
+    # the original one by the factor themselves.
+    max_positions = served if rope_type in EXTENDED_TYPES else original
+    return params, max_positions
