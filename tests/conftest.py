@@ -1,8 +1,15 @@
 """Session-wide fixtures: tiny local checkpoints and one offline vLLM engine."""
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 # Before vLLM is imported anywhere: a small KV cache, and functions sent to the worker by
@@ -14,6 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ORIGINAL_CONTEXT = 256
 FACTOR = 4
 SERVED_CONTEXT = ORIGINAL_CONTEXT * FACTOR
+MODEL_NAME = "tiny-llama2-chat"
 RESONANCE_YARN = {
     "rope_type": "resonance_yarn",
     "rope_theta": 10000.0,
@@ -54,3 +62,81 @@ def offline_llm(resonance_checkpoint):
     )
     yield llm
     llm.llm_engine.engine_core.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RunningServer:
+    base_url: str
+    process: subprocess.Popen
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_server(args: list[str], log: Path, env: dict[str, str] | None = None) -> RunningServer:
+    """Start ``python -m server`` and wait until /health answers 200."""
+    port = free_port()
+    handle = log.open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server", "--port", str(port), *args],
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
+    server = RunningServer(f"http://127.0.0.1:{port}", process, log)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.output()}")
+        try:
+            if httpx.get(f"{server.base_url}/health", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    raise RuntimeError(f"server did not become healthy:\n{server.output()}")
+
+
+def stop_server(server: RunningServer, timeout: float = 60) -> int:
+    if server.process.poll() is None:
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            server.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+    return server.process.returncode
+
+
+@pytest.fixture(scope="session")
+def server(plain_checkpoint, tmp_path_factory):
+    """The real server on the plain checkpoint, extended by flags to resonance_yarn x4."""
+    running = start_server(
+        [
+            "--model", str(plain_checkpoint),
+            "--served-model-name", MODEL_NAME,
+            "--rope-type", "resonance_yarn",
+            "--rope-factor", str(FACTOR),
+            "--dtype", "float32",
+            "--enforce-eager",
+            "--max-num-seqs", "16",
+        ],
+        tmp_path_factory.mktemp("server") / "server.log",
+    )  # fmt: skip
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture(scope="session")
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
