@@ -1,0 +1,98 @@
+"""Settings from flags, environment and YAML, and the one-line errors of a bad start-up."""
+
+import subprocess
+import sys
+
+import pytest
+
+from server.settings import Settings, load_settings, rope_parameters
+
+
+def test_flags_win_over_environment_over_yaml(tmp_path, monkeypatch):
+    config = tmp_path / "settings.yaml"
+    config.write_text("rope_type: yarn\nrope_factor: 2\nport: 9000\nhost: 0.0.0.0\n")
+    monkeypatch.setenv("RESONANCE_PORT", "9100")
+    monkeypatch.setenv("RESONANCE_ROPE_FACTOR", "3")
+    settings = load_settings(["--config", str(config), "--rope-factor", "8"])
+    assert settings.rope_type == "yarn"  # YAML only
+    assert settings.host == "0.0.0.0"  # YAML only
+    assert settings.port == 9100  # environment over YAML
+    assert settings.rope_factor == 8  # flag over both
+
+
+def test_config_file_from_the_environment(tmp_path, monkeypatch):
+    config = tmp_path / "settings.yaml"
+    config.write_text("served_model_name: from-yaml\n")
+    monkeypatch.setenv("RESONANCE_CONFIG", str(config))
+    assert load_settings([]).served_model_name == "from-yaml"
+
+
+def test_demo_defaults_to_resonance_yarn_factor_4():
+    settings = load_settings([])
+    assert settings.is_demo
+    assert (settings.effective_rope_type, settings.effective_factor) == ("resonance_yarn", 4.0)
+    assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+
+
+@pytest.mark.parametrize(
+    ("rope_type", "extended_positions"),
+    [("resonance_yarn", 16384), ("yarn", 16384), ("resonance_linear", 4096), ("linear", 4096)],
+)
+def test_rope_override_of_an_unmodified_checkpoint(rope_type, extended_positions):
+    settings = Settings(model="m", rope_type=rope_type, rope_factor=4)
+    params, max_positions = rope_parameters(settings, {"rope_theta": 5e5}, 4096)
+    assert params["rope_type"] == rope_type and params["rope_theta"] == 5e5
+    assert params["factor"] == 4 and params["original_max_position_embeddings"] == 4096
+    assert max_positions == extended_positions
+    if rope_type.endswith("yarn"):
+        assert (params["beta_fast"], params["beta_slow"]) == (32, 1)
+
+
+def test_no_rope_settings_leave_the_checkpoint_alone():
+    assert rope_parameters(Settings(model="m"), {"rope_theta": 1e4}, 4096) == (None, None)
+
+
+def test_max_model_len_beyond_factor_times_original_is_refused():
+    settings = Settings(model="m", rope_type="resonance_yarn", rope_factor=2, max_model_len=9000)
+    with pytest.raises(
+        ValueError, match=r"max_model_len \(9000\) is longer than .* \(2 x 4096 = 8192\)"
+    ):
+        rope_parameters(settings, {}, 4096)
+
+
+def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--rope-factor", "0.5"], "--rope-factor: Input should be greater than or equal to 1"),
+        (["--model", "x", "--rope-type", "resonance_yarn"], "rope_factor is required"),
+        (
+            ["--yarn-beta-fast", "1", "--yarn-beta-slow", "2"],
+            "yarn_beta_fast (1.0) must be greater",
+        ),
+        (["--rope-type", "resonance_bogus"], "'resonance_llama3' (got 'resonance_bogus')"),
+        (["--config", "/nonexistent/settings.yaml"], "config file /nonexistent/settings.yaml"),
+        (["--port", "http"], "--port: Input should be a valid integer"),
+    ],
+)
+def test_bad_settings_stop_start_up_with_one_line(args, message):
+    result = run_cli(*args)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert message in last
+    assert "Traceback" not in result.stderr
+
+
+def test_refused_combination_is_one_line_before_the_engine_starts(plain_checkpoint):
+    result = run_cli(
+        "--model", str(plain_checkpoint), "--rope-type", "resonance_yarn",
+        "--rope-factor", "2", "--max-model-len", "4096",
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith("(2 x 256 = 512)")
