@@ -26,3 +26,6 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.rope_overhead
+
+serve: $(STAMP)
+	$(VENV)/bin/resonance-serve
