@@ -7,83 +7,70 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from vllm.entrypoints.serve.utils.api_utils import with_cancellation
+from vllm.sampling_params import RequestOutputKind
 
+from server.admission import Admission
 from server.engine import Engine
 from server.errors import APIError, install_error_handlers
+from server.middleware import Gatekeeper, ServerState, release_at_end
 from server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
     TokenizeRequest,
 )
-from server.serving import Serving
+from server.serving import Job, Serving
+from server.settings import Settings
 
-ENDPOINTS = (
-    "/v1/completions",
-    "/v1/chat/completions",
-    "/v1/models",
-    "/tokenize",
-    "/detokenize",
-    "/health",
-    "/version",
-    "/metrics",
-)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-class CountRequests:
-    """ASGI middleware: ``resonance_requests_total`` by endpoint and response status."""
-
-    def __init__(self, app: ASGIApp, counter: Any) -> None:
-        self.app, self.counter = app, counter
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            path = scope["path"]
-            endpoint = path if path in ENDPOINTS else "other"
-            self.counter.labels(endpoint=endpoint, status=str(status)).inc()
-
-
-def create_app(engine: Engine) -> FastAPI:
-    serving = Serving(engine)
+def create_app(engine: Engine, settings: Settings, state: ServerState) -> FastAPI:
+    serving = Serving(engine, settings.max_n, settings.request_timeout)
     info = engine.info
+    max_prompt_tokens = settings.max_queued_prompt_tokens or 16 * info.max_model_len
+    if max_prompt_tokens < info.max_model_len:
+        raise ValueError(
+            f"max_queued_prompt_tokens ({max_prompt_tokens}) must be at least max_model_len "
+            f"({info.max_model_len}), or a longest prompt could never be admitted"
+        )
+    admission = Admission(settings.max_concurrent_requests, max_prompt_tokens)
     created = int(time.time())
     app = FastAPI(title="resonance-serve", version=version("resonance-serve"))
     install_error_handlers(app)
-    app.add_middleware(CountRequests, counter=engine.metrics.requests)
+    app.add_middleware(
+        Gatekeeper,
+        state=state,
+        counter=engine.metrics.requests,
+        max_body_bytes=settings.max_request_body_bytes,
+        probes_need_key=settings.api_key_for_probes,
+    )
+
+    async def run(raw_request: Request, job: Job, stream, whole) -> Response:
+        """Hold an admission ticket until the HTTP exchange ends, however it ends."""
+        ticket = admission.admit(job.prompt_tokens)
+        release_at_end(raw_request.scope, ticket.release)
+        if job.params.output_kind == RequestOutputKind.DELTA:
+            return StreamingResponse(
+                stream(job), media_type="text/event-stream", headers=SSE_HEADERS
+            )
+        try:
+            return JSONResponse(await whole(job))
+        finally:
+            ticket.release()
 
     @app.post("/v1/completions")
     @with_cancellation
     async def completions(request: CompletionRequest, raw_request: Request) -> Response:
         job = serving.completion_job(request)
-        if request.stream:
-            stream = serving.stream_completion(job)
-            return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
-        return JSONResponse(await serving.complete(job))
+        return await run(raw_request, job, serving.stream_completion, serving.complete)
 
     @app.post("/v1/chat/completions")
     @with_cancellation
     async def chat_completions(request: ChatCompletionRequest, raw_request: Request) -> Response:
         job = serving.chat_job(request)
-        if request.stream:
-            stream = serving.stream_chat(job)
-            return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
-        return JSONResponse(await serving.chat(job))
+        return await run(raw_request, job, serving.stream_chat, serving.chat)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -115,6 +102,8 @@ def create_app(engine: Engine) -> FastAPI:
 
     @app.get("/health")
     async def health() -> Response:
+        if state.draining:
+            raise APIError(503, "the server is shutting down")
         try:
             await engine.check_health()
         except Exception:

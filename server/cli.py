@@ -2,7 +2,9 @@
 
 import asyncio
 import logging
+import signal
 import sys
+import time
 
 import uvicorn
 from pydantic import ValidationError
@@ -22,7 +24,10 @@ def _one_line(error: ValidationError) -> str:
 
 def _startup_message(error: Exception) -> str:
     if isinstance(error, ValidationError):  # vLLM's own configuration classes are pydantic
-        return error.errors()[0]["msg"].removeprefix("Value error, ")
+        first = error.errors()[0]
+        message = first["msg"].removeprefix("Value error, ")
+        field = ".".join(str(part) for part in first["loc"])
+        return f"{field}: {message}" if field else message
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
 
@@ -43,19 +48,57 @@ def _banner(settings: Settings, engine) -> str:
     return "\n".join(lines)
 
 
-async def serve(settings: Settings) -> None:
+class DrainingServer(uvicorn.Server):
+    """uvicorn, with SIGTERM draining in-flight requests first and a watch on the engine.
+
+    On SIGTERM new requests get 503 (and /health fails) while those in flight finish, up to
+    ``drain_timeout`` seconds; then the server exits 0. If the engine dies, it exits 1 so that
+    an orchestrator restarts it. A second signal, or SIGINT, stops at once as uvicorn does.
+    """
+
+    def __init__(self, config: uvicorn.Config, state, engine, drain_timeout: float) -> None:
+        super().__init__(config)
+        self.state, self.engine, self.drain_timeout = state, engine, drain_timeout
+        self.drain_started: float | None = None
+        self.exit_code = 0
+
+    def handle_exit(self, sig: int, frame) -> None:
+        if sig == signal.SIGTERM and self.drain_started is None:
+            logger.info("SIGTERM: draining %d requests", self.state.active_requests)
+            self.state.draining = True
+            self.drain_started = time.monotonic()
+            return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.drain_started is not None and not self.should_exit:
+            elapsed = time.monotonic() - self.drain_started
+            if self.state.active_requests == 0 or elapsed > self.drain_timeout:
+                logger.info("drained (%d requests left); exiting", self.state.active_requests)
+                self.should_exit = True
+        if not self.engine.alive and not self.should_exit:
+            logger.error("the engine died; exiting so that the server is restarted")
+            self.exit_code = 1
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+
+async def serve(settings: Settings) -> int:
     from server.app import create_app
     from server.engine import Engine
+    from server.middleware import ServerState
 
+    state = ServerState(api_keys=[key.encode() for key in settings.accepted_api_keys()])
     engine = Engine(settings)
     try:
-        app = create_app(engine)
+        app = create_app(engine, settings, state)
         config = uvicorn.Config(
             app, host=settings.host, port=settings.port, log_level=settings.log_level
         )
-        server = uvicorn.Server(config)
+        server = DrainingServer(config, state, engine, settings.drain_timeout)
         print(_banner(settings, engine), flush=True)
         await server.serve()
+        return server.exit_code
     finally:
         engine.shutdown()
 
@@ -71,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
     try:
-        asyncio.run(serve(settings))
+        sys.exit(asyncio.run(serve(settings)))
     except KeyboardInterrupt:
         pass
     except (ValueError, OSError) as error:  # a setting the engine refused at start-up

@@ -11,6 +11,7 @@ from server.settings import Settings, rope_parameters
 from server.tiny_checkpoint import DEMO_NAME, demo_checkpoint
 
 logger = logging.getLogger(__name__)
+DEMO_CPU_KV_CACHE_GIB = 2.0
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ def engine_args(settings: Settings, model: str) -> Any:
         tensor_parallel_size=settings.tensor_parallel_size,
         gpu_memory_utilization=settings.gpu_memory_utilization,
         max_model_len=max_model_len,
-        hf_overrides=overrides or None,
+        hf_overrides=overrides,
         enforce_eager=settings.enforce_eager,
         seed=settings.seed,
         enable_log_requests=False,
@@ -73,8 +74,11 @@ class Engine:
         import rope_plugins
 
         rope_plugins.register()
-        if settings.cpu_kv_cache_space_gib is not None:
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{settings.cpu_kv_cache_space_gib:g}"
+        kv_cache_gib = settings.cpu_kv_cache_space_gib
+        if kv_cache_gib is None and settings.is_demo and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+            kv_cache_gib = DEMO_CPU_KV_CACHE_GIB  # not vLLM's default of 90% of the machine
+        if kv_cache_gib is not None:
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{kv_cache_gib:g}"
         model = str(demo_checkpoint(settings.cache_dir)) if settings.is_demo else settings.model
         vllm_config = engine_args(settings, model).create_engine_config()
         model_config = vllm_config.model_config
@@ -84,7 +88,11 @@ class Engine:
             max_model_len=model_config.max_model_len,
             rope=dict(getattr(model_config.hf_config, "rope_parameters", None) or {}),
         )
-        self.metrics = Metrics(self.info.max_model_len, self.info.rope)
+        self.metrics = Metrics(
+            self.info.max_model_len,
+            self.info.rope,
+            unfinished_requests=lambda: self.llm.get_num_unfinished_requests(),
+        )
         self.llm = AsyncLLM.from_vllm_config(vllm_config, stat_loggers=[self.metrics.stat_logger()])
         self.tokenizer = self.llm.get_tokenizer()
         # The checkpoint's generation_config.json defaults, applied as vLLM's server does.
@@ -103,6 +111,9 @@ class Engine:
 
     def generate(self, token_ids: list[int], params: Any, request_id: str) -> AsyncIterator[Any]:
         return self.llm.generate({"prompt_token_ids": token_ids}, params, request_id)
+
+    async def abort(self, request_ids: list[str]) -> None:
+        await self.llm.abort(request_ids)
 
     async def check_health(self) -> None:
         await self.llm.check_health()

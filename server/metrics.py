@@ -5,11 +5,12 @@ step (a stat logger it calls), so the front end adds no work per token. vLLM's o
 metrics live in the same default registry and are exported beside these.
 """
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 from vllm.v1.metrics.loggers import StatLoggerBase
+from vllm.v1.metrics.stats import SchedulerStats
 
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75,
@@ -29,7 +30,13 @@ def token_buckets(max_tokens: int) -> list[int]:
 class Metrics:
     """The server's metrics; made once per process, when the served context is known."""
 
-    def __init__(self, max_model_len: int, rope: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        max_model_len: int,
+        rope: Mapping[str, Any],
+        unfinished_requests: Callable[[], int],
+    ) -> None:
+        """``unfinished_requests`` counts the requests the engine still holds."""
         self.requests = Counter(
             "resonance_requests", "HTTP requests by endpoint and status", ["endpoint", "status"]
         )
@@ -57,11 +64,21 @@ class Metrics:
             "Output length of finished requests",
             buckets=tokens,
         )
-        self.running = Gauge("resonance_num_requests_running", "Requests the engine is running")
-        self.waiting = Gauge("resonance_num_requests_waiting", "Requests waiting to be scheduled")
-        self.kv_cache_usage = Gauge(
-            "resonance_kv_cache_usage_ratio", "KV-cache blocks in use (0-1)"
-        )
+        # The engine reports these each step; once it holds no request it reports nothing more,
+        # so at scrape time an idle engine reads 0 rather than its last busy step.
+        self.scheduler = SchedulerStats()
+        for name, help_text, read in (
+            ("resonance_num_requests_running", "Requests the engine is running",
+             lambda s: s.num_running_reqs),
+            ("resonance_num_requests_waiting", "Requests waiting to be scheduled",
+             lambda s: s.num_waiting_reqs + s.num_skipped_waiting_reqs),
+            ("resonance_kv_cache_usage_ratio", "KV-cache blocks in use (0-1)",
+             lambda s: s.kv_cache_usage),
+        ):  # fmt: skip
+            gauge = Gauge(name, help_text)
+            gauge.set_function(
+                lambda read=read: read(self.scheduler) if unfinished_requests() else 0
+            )
         info = Gauge(
             "resonance_rope_info",
             "RoPE settings of the served model (value 1)",
@@ -84,11 +101,7 @@ class Metrics:
 
             def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx=0):
                 if scheduler_stats is not None:
-                    metrics.running.set(scheduler_stats.num_running_reqs)
-                    metrics.waiting.set(
-                        scheduler_stats.num_waiting_reqs + scheduler_stats.num_skipped_waiting_reqs
-                    )
-                    metrics.kv_cache_usage.set(scheduler_stats.kv_cache_usage)
+                    metrics.scheduler = scheduler_stats
                 if iteration_stats is None:
                     return
                 for seconds in iteration_stats.time_to_first_tokens_iter:

@@ -5,9 +5,11 @@ engine sees them) and handed to vLLM as token ids; sampling, batching and detoke
 the output are vLLM's.
 """
 
+import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,11 +42,22 @@ class Job:
     echo: bool = False
     include_usage: bool = False
     created: int = 0
+    expired: bool = False  # the request passed its deadline and was aborted
+
+    @property
+    def engine_ids(self) -> list[str]:
+        return [f"{self.request_id}-{i}" for i in range(len(self.prompts))]
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(len(p.token_ids) for p in self.prompts)
 
 
 class Serving:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, max_n: int, request_timeout: float | None) -> None:
         self.engine = engine
+        self.max_n, self.request_timeout = max_n, request_timeout
+        self._abort_tasks: set[asyncio.Task] = set()
         self.tokenizer = engine.tokenizer
         self.vocab_size = len(engine.tokenizer)
         self.model = engine.info.name
@@ -161,8 +174,16 @@ class Serving:
         except ValueError as error:
             raise APIError(400, str(error)) from None
 
+    def _check_sampling(self, request: SamplingRequest) -> None:
+        if request.n > self.max_n:
+            raise APIError(400, f"n must be at most {self.max_n} (got {request.n})", param="n")
+        if request.top_k is not None and request.top_k > self.vocab_size:
+            message = f"top_k must be at most the vocabulary size {self.vocab_size}"
+            raise APIError(400, message, param="top_k")
+
     def completion_job(self, request: CompletionRequest) -> Job:
         self.check_model(request.model)
+        self._check_sampling(request)
         prompts = self.completion_prompts(request.prompt)
         max_tokens = self._max_tokens(prompts, request.max_tokens)
         prompt_logprobs = (
@@ -173,6 +194,7 @@ class Serving:
 
     def chat_job(self, request: ChatCompletionRequest) -> Job:
         self.check_model(request.model)
+        self._check_sampling(request)
         prompts = [self.chat_prompt(request)]
         requested = request.max_completion_tokens or request.max_tokens
         max_tokens = self._max_tokens(prompts, requested)
@@ -196,19 +218,62 @@ class Serving:
     # -------------------------------------------------------------- running
     def _streams(self, job: Job) -> AsyncIterator[tuple[int, RequestOutput]]:
         generators = [
-            self.engine.generate(p.token_ids, job.params, f"{job.request_id}-{i}")
-            for i, p in enumerate(job.prompts)
+            self.engine.generate(p.token_ids, job.params, engine_id)
+            for p, engine_id in zip(job.prompts, job.engine_ids, strict=True)
         ]
         return merge_async_iterators(*generators)
+
+    @contextlib.contextmanager
+    def _deadline(self, job: Job) -> Iterator[None]:
+        """Abort the job's engine requests when it passes the request timeout.
+
+        One timer per request: the engine then ends the request's stream with an abort
+        output, and the caller answers 408.
+        """
+        if self.request_timeout is None:
+            yield
+            return
+        loop = asyncio.get_running_loop()
+
+        def expire() -> None:
+            job.expired = True
+            task = loop.create_task(self.engine.abort(job.engine_ids))
+            self._abort_tasks.add(task)
+            task.add_done_callback(self._abort_tasks.discard)
+
+        timer = loop.call_later(self.request_timeout, expire)
+        try:
+            yield
+        finally:
+            timer.cancel()
+
+    def _timed_out(self) -> APIError:
+        return APIError(
+            408,
+            f"the request took longer than the server's {self.request_timeout:g} s limit "
+            "and was aborted",
+            code="request_timeout",
+        )
 
     async def _final_outputs(self, job: Job) -> list[RequestOutput]:
         finals: list[RequestOutput | None] = [None] * len(job.prompts)
         try:
-            async for i, output in self._streams(job):
-                finals[i] = output
+            with self._deadline(job):
+                async for i, output in self._streams(job):
+                    finals[i] = output
         except ValueError as error:
             raise APIError(400, str(error)) from None
+        if job.expired:
+            raise self._timed_out()
         return [f for f in finals if f is not None]
+
+    async def _stream_outputs(self, job: Job) -> AsyncIterator[tuple[int, RequestOutput]]:
+        """The engine's outputs for a streamed job; raises APIError(408) past its deadline."""
+        with self._deadline(job):
+            async for i, output in self._streams(job):
+                if job.expired:
+                    raise self._timed_out()
+                yield i, output
 
     def _usage(self, job: Job, completion_tokens: int) -> dict[str, int]:
         return r.usage(sum(len(p.token_ids) for p in job.prompts), completion_tokens)
@@ -258,7 +323,7 @@ class Serving:
         echoed: set[int] = set()
         generated = 0
         try:
-            async for i, output in self._streams(job):
+            async for i, output in self._stream_outputs(job):
                 choices = []
                 for completion in output.outputs:
                     index = i * job.n + completion.index
@@ -314,7 +379,7 @@ class Serving:
         yield r.sse(base | {"choices": [first | {"index": i} for i in range(job.n)]})
         generated = 0
         try:
-            async for _, output in self._streams(job):
+            async for _, output in self._stream_outputs(job):
                 choices = []
                 for completion in output.outputs:
                     generated += len(completion.token_ids)

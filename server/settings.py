@@ -5,14 +5,15 @@ RESONANCE_CONFIG), then the defaults below. YAML keys are the field names (``rop
 """
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     CliSettingsSource,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -91,6 +92,53 @@ class Settings(BaseSettings):
     seed: int = Field(0, description="Engine random seed")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
 
+    # --- access and limits
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Accepted API keys (repeat --api-key; RESONANCE_API_KEYS comma-separated); "
+        "none: no authentication",
+    )
+    api_key_file: Path | None = Field(None, description="File of API keys, one per line")
+    api_key_for_probes: bool = Field(
+        False, description="Require a key for /health and /metrics too"
+    )
+    max_concurrent_requests: int = Field(
+        256, ge=1, description="Generation requests in flight; more get 429"
+    )
+    max_queued_prompt_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Prompt tokens in flight; more get 429 (default: 16 x max_model_len)",
+    )
+    max_request_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Largest request body; larger get 413"
+    )
+    max_n: int = Field(16, ge=1, description="Largest n (choices per prompt)")
+    request_timeout: float | None = Field(
+        600.0, gt=0, description="Seconds a request may take before it is aborted (408)"
+    )
+    drain_timeout: float = Field(
+        30.0, ge=0, description="Seconds in-flight requests get to finish after SIGTERM"
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    def accepted_api_keys(self) -> list[str]:
+        """The keys from the settings and from ``api_key_file`` (blank lines and # skipped)."""
+        keys = list(self.api_keys)
+        if self.api_key_file is not None:
+            try:
+                lines = self.api_key_file.read_text().splitlines()
+            except OSError as error:
+                raise ValueError(f"api_key_file {self.api_key_file}: {error.strerror}") from None
+            keys += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+        return keys
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -164,6 +212,7 @@ def load_settings(argv: list[str] | None) -> Settings:
         cli_implicit_flags=True,
         cli_hide_none_type=True,
         cli_avoid_json=True,
+        cli_shortcuts={"api-keys": "api-key"},
     )
     return Settings(_cli_settings_source=cli)
 

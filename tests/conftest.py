@@ -1,5 +1,6 @@
 """Session-wide fixtures: tiny local checkpoints and one offline vLLM engine."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -22,6 +23,9 @@ ORIGINAL_CONTEXT = 256
 FACTOR = 4
 SERVED_CONTEXT = ORIGINAL_CONTEXT * FACTOR
 MODEL_NAME = "tiny-llama2-chat"
+API_KEY = "test-key-1"
+# Admission limits of the session server: two prompts of 3x the original context at once.
+MAX_CONCURRENT, MAX_QUEUED_PROMPT_TOKENS = 32, 2048
 RESONANCE_YARN = {
     "rope_type": "resonance_yarn",
     "rope_theta": 10000.0,
@@ -89,6 +93,7 @@ def start_server(args: list[str], log: Path, env: dict[str, str] | None = None) 
         stdout=handle,
         stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {})},
+        start_new_session=True,  # its own process group: the engine's processes included
     )
     server = RunningServer(f"http://127.0.0.1:{port}", process, log)
     deadline = time.monotonic() + 240
@@ -106,6 +111,7 @@ def start_server(args: list[str], log: Path, env: dict[str, str] | None = None) 
 
 
 def stop_server(server: RunningServer, timeout: float = 60) -> int:
+    """SIGTERM, as an orchestrator would; then nothing of the server may be left running."""
     if server.process.poll() is None:
         server.process.send_signal(signal.SIGTERM)
         try:
@@ -113,6 +119,8 @@ def stop_server(server: RunningServer, timeout: float = 60) -> int:
         except subprocess.TimeoutExpired:
             server.process.kill()
             server.process.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.process.pid, signal.SIGKILL)
     return server.process.returncode
 
 
@@ -127,7 +135,12 @@ def server(plain_checkpoint, tmp_path_factory):
             "--rope-factor", str(FACTOR),
             "--dtype", "float32",
             "--enforce-eager",
-            "--max-num-seqs", "16",
+            "--max-num-seqs", "32",
+            "--api-key", API_KEY,
+            "--api-key", "test-key-2",
+            "--max-concurrent-requests", str(MAX_CONCURRENT),
+            "--max-queued-prompt-tokens", str(MAX_QUEUED_PROMPT_TOKENS),
+            "--request-timeout", "120",
         ],
         tmp_path_factory.mktemp("server") / "server.log",
     )  # fmt: skip
@@ -139,4 +152,17 @@ def server(plain_checkpoint, tmp_path_factory):
 def client(server):
     from openai import OpenAI
 
-    return OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+    return OpenAI(base_url=f"{server.base_url}/v1", api_key=API_KEY, max_retries=0)
+
+
+@pytest.fixture(scope="session")
+def http(server):
+    """httpx against the session server, with its API key."""
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.Client(base_url=server.base_url, headers=headers, timeout=120) as session:
+        yield session
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked ``last`` (they stop the session server) run after all others."""
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)

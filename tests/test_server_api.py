@@ -92,9 +92,9 @@ def test_streamed_completion_equals_the_whole_one(client):
     assert chunks[-2].choices[0].finish_reason == "length"
 
 
-def test_stream_is_server_sent_events_ending_with_done(server):
+def test_stream_is_server_sent_events_ending_with_done(http):
     body = {"model": MODEL_NAME, "prompt": PROMPT, "max_tokens": 5, "stream": True}
-    with httpx.stream("POST", f"{server.base_url}/v1/completions", json=body, timeout=60) as r:
+    with http.stream("POST", "/v1/completions", json=body) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         events = sse_events(r)
@@ -103,7 +103,7 @@ def test_stream_is_server_sent_events_ending_with_done(server):
         assert json.loads(event)["object"] == "text_completion"
 
 
-def test_chat_renders_the_llama2_template(client, server):
+def test_chat_renders_the_llama2_template(client, http):
     messages = [
         {"role": "system", "content": "You answer briefly."},
         {"role": "user", "content": "Hello, how long is the river?"},
@@ -116,9 +116,8 @@ def test_chat_renders_the_llama2_template(client, server):
     rendered = (
         "<s>[INST] <<SYS>>\nYou answer briefly.\n<</SYS>>\n\nHello, how long is the river? [/INST]"
     )
-    tokens = httpx.post(
-        f"{server.base_url}/tokenize",
-        json={"model": MODEL_NAME, "prompt": rendered, "add_special_tokens": False},
+    tokens = http.post(
+        "/tokenize", json={"model": MODEL_NAME, "prompt": rendered, "add_special_tokens": False}
     ).json()
     assert response.usage.prompt_tokens == tokens["count"]
     streamed = client.chat.completions.create(
@@ -220,8 +219,8 @@ def test_stop_sequence_ends_the_text_before_it(client):
         ({"model": MODEL_NAME, "prompt": "x", "bogus": 1}, 400, "bogus"),
     ],
 )
-def test_bad_requests_get_openai_errors(server, body, status, param):
-    response = httpx.post(f"{server.base_url}/v1/completions", json=body, timeout=30)
+def test_bad_requests_get_openai_errors(http, body, status, param):
+    response = http.post("/v1/completions", json=body)
     assert response.status_code == status
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
@@ -229,22 +228,22 @@ def test_bad_requests_get_openai_errors(server, body, status, param):
     assert error["message"]
 
 
-def test_tokenize_and_detokenize(server):
-    tokens = httpx.post(f"{server.base_url}/tokenize", json={"prompt": PROMPT}).json()
+def test_tokenize_and_detokenize(http):
+    tokens = http.post("/tokenize", json={"prompt": PROMPT}).json()
     assert tokens["count"] == len(tokens["tokens"]) and tokens["max_model_len"] == SERVED_CONTEXT
-    text = httpx.post(f"{server.base_url}/detokenize", json={"tokens": tokens["tokens"][1:]})
+    text = http.post("/detokenize", json={"tokens": tokens["tokens"][1:]})
     assert text.json()["prompt"] == PROMPT
 
 
-def test_health_and_version(server):
-    assert httpx.get(f"{server.base_url}/health").status_code == 200
-    version = httpx.get(f"{server.base_url}/version").json()
+def test_health_and_version(http):
+    assert http.get("/health").status_code == 200
+    version = http.get("/version").json()
     assert version["version"] and version["vllm"].startswith("0.32")
 
 
-def test_metrics_expose_the_documented_names(server, client):
+def test_metrics_expose_the_documented_names(http, client):
     client.completions.create(model=MODEL_NAME, prompt=token_prompt(600), max_tokens=5)
-    text = httpx.get(f"{server.base_url}/metrics").text
+    text = http.get("/metrics").text
     for name in (
         'resonance_requests_total{endpoint="/v1/completions",status="200"}',
         "resonance_time_to_first_token_seconds_bucket",

@@ -1,0 +1,141 @@
+"""What every HTTP request passes before a route: counting, draining, keys, body size.
+
+One pure ASGI middleware (no per-chunk work on streamed responses beyond reading the status).
+"""
+
+import hmac
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from prometheus_client import Counter
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.errors import error_body
+
+ENDPOINTS = (
+    "/v1/completions",
+    "/v1/chat/completions",
+    "/v1/models",
+    "/tokenize",
+    "/detokenize",
+    "/health",
+    "/version",
+    "/metrics",
+)
+PROBES = ("/health", "/metrics")
+
+
+def _protected(path: str, probes_too: bool) -> bool:
+    if path.startswith("/v1/") or path in ("/tokenize", "/detokenize"):
+        return True
+    return probes_too and path in PROBES
+
+
+@dataclass
+class ServerState:
+    """Shared between the middleware, the routes and the shutdown logic."""
+
+    draining: bool = False
+    active_requests: int = 0
+    api_keys: list[bytes] = field(default_factory=list)
+
+
+CLEANUP_KEY = "resonance.cleanup"
+
+
+def release_at_end(scope: Scope, callback: Callable[[], None]) -> None:
+    """Run ``callback`` when the HTTP exchange ends: answered, failed or disconnected."""
+    scope.setdefault(CLEANUP_KEY, []).append(callback)
+
+
+class BodyTooLarge(HTTPException):
+    """Raised while a route reads the body; FastAPI passes HTTP exceptions to its handlers."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body larger than {limit} bytes")
+
+
+class Gatekeeper:
+    def __init__(
+        self,
+        app: ASGIApp,
+        state: ServerState,
+        counter: Counter,
+        max_body_bytes: int,
+        probes_need_key: bool,
+    ) -> None:
+        self.app, self.state, self.counter = app, state, counter
+        self.max_body_bytes, self.probes_need_key = max_body_bytes, probes_need_key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        self.state.active_requests += 1
+        try:
+            refusal = self._refusal(scope)
+            if refusal is not None:
+                await _reply(send_status, *refusal)
+                return
+            await self.app(scope, self._limited(receive), send_status)
+        finally:
+            for callback in scope.get(CLEANUP_KEY, ()):
+                callback()
+            self.state.active_requests -= 1
+            endpoint = path if path in ENDPOINTS else "other"
+            self.counter.labels(endpoint=endpoint, status=str(status)).inc()
+
+    def _refusal(self, scope: Scope) -> tuple[int, str, dict[str, str]] | None:
+        if self.state.draining:
+            return 503, "the server is shutting down", {"Connection": "close"}
+        headers = dict(scope["headers"])
+        needs_key = self.state.api_keys and _protected(scope["path"], self.probes_need_key)
+        if needs_key and not self._authorized(headers.get(b"authorization", b"")):
+            message = "missing or invalid API key (Authorization: Bearer <key>)"
+            return 401, message, {"WWW-Authenticate": "Bearer"}
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            return 413, f"request body larger than {self.max_body_bytes} bytes", {}
+        return None
+
+    def _authorized(self, header: bytes) -> bool:
+        scheme, _, token = header.partition(b" ")
+        if scheme.lower() != b"bearer":
+            return False
+        # Compare with every key, in constant time each, whatever matches.
+        matches = [hmac.compare_digest(token.strip(), key) for key in self.state.api_keys]
+        return any(matches)
+
+    def _limited(self, receive: Receive) -> Receive:
+        """Count the body as it arrives (a client may send no or a false Content-Length)."""
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise BodyTooLarge(self.max_body_bytes)
+            return message
+
+        return limited
+
+
+async def _reply(send: Send, status: int, message: str, headers: dict[str, str] | None = None):
+    body = json.dumps(error_body(status, message)).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
