@@ -49,12 +49,14 @@ def engine_args(settings: Settings, model: str) -> Any:
         "max_num_seqs": settings.max_num_seqs,
         "enable_chunked_prefill": settings.enable_chunked_prefill,
         "enable_prefix_caching": settings.enable_prefix_caching,
+        "distributed_executor_backend": settings.distributed_executor_backend,
     }
     return AsyncEngineArgs(
         model=model,
         served_model_name=settings.served_model_name or (DEMO_NAME if settings.is_demo else None),
         dtype="float32" if settings.is_demo and settings.dtype == "auto" else settings.dtype,
         tensor_parallel_size=settings.tensor_parallel_size,
+        pipeline_parallel_size=settings.pipeline_parallel_size,
         gpu_memory_utilization=settings.gpu_memory_utilization,
         max_model_len=max_model_len,
         hf_overrides=overrides,

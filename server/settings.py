@@ -81,6 +81,10 @@ class Settings(BaseSettings):
         "auto", description="Weights and activations (the demo uses float32)"
     )
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per model replica")
+    pipeline_parallel_size: int = Field(1, ge=1, description="Pipeline stages (across nodes)")
+    distributed_executor_backend: Literal["mp", "ray"] | None = Field(
+        None, description="vLLM's executor for several GPUs or nodes (ray: across nodes)"
+    )
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU memory for vLLM")
     cpu_kv_cache_space_gib: float | None = Field(
         None, gt=0, description="KV cache size on the CPU build (VLLM_CPU_KVCACHE_SPACE)"

@@ -1,17 +1,14 @@
 """Session-wide fixtures: tiny local checkpoints and one offline vLLM engine."""
 
-import contextlib
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+
+from benchmarks.servers import RunningServer, free_port, stop_server
+from benchmarks.servers import start_server as start_process
 
 # Before vLLM is imported anywhere: a small KV cache, and functions sent to the worker by
 # `LLM.apply_model` (used to read the cos/sin table out of the loaded model).
@@ -68,60 +65,10 @@ def offline_llm(resonance_checkpoint):
     llm.llm_engine.engine_core.shutdown()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class RunningServer:
-    base_url: str
-    process: subprocess.Popen
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def start_server(args: list[str], log: Path, env: dict[str, str] | None = None) -> RunningServer:
-    """Start ``python -m server`` and wait until /health answers 200."""
+def start_server(args: list[str], log: Path) -> RunningServer:
+    """``python -m server`` with these arguments on a free port, once healthy."""
     port = free_port()
-    handle = log.open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "server", "--port", str(port), *args],
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
-        start_new_session=True,  # its own process group: the engine's processes included
-    )
-    server = RunningServer(f"http://127.0.0.1:{port}", process, log)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{server.output()}")
-        try:
-            if httpx.get(f"{server.base_url}/health", timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    raise RuntimeError(f"server did not become healthy:\n{server.output()}")
-
-
-def stop_server(server: RunningServer, timeout: float = 60) -> int:
-    """SIGTERM, as an orchestrator would; then nothing of the server may be left running."""
-    if server.process.poll() is None:
-        server.process.send_signal(signal.SIGTERM)
-        try:
-            server.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(server.process.pid, signal.SIGKILL)
-    return server.process.returncode
+    return start_process([sys.executable, "-m", "server", "--port", str(port), *args], port, log)
 
 
 @pytest.fixture(scope="session")

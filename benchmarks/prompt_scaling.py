@@ -1,0 +1,89 @@
+"""How the cost of one request grows with its prompt: time to first token and memory.
+
+A tiny checkpoint trained (nominally) on 4096 positions, served by this server with
+Resonance-YaRN x8 to 32K; one request at a time, prompts from 1K to the full context.
+
+    python -m benchmarks.prompt_scaling [--lengths 1024,2048,...] [--requests 3]
+"""
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from benchmarks.servers import free_port, serving
+from loadtests.cli import Options, run_loadtest
+from server.tiny_checkpoint import build_tiny_checkpoint
+
+ORIGINAL, FACTOR, OUTPUT = 4096, 8, 16
+KV_CACHE_GIB = 4
+
+
+def kv_usage(base_url: str) -> float:
+    for line in httpx.get(f"{base_url}/metrics").text.splitlines():
+        if line.startswith("resonance_kv_cache_usage_ratio "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    served = ORIGINAL * FACTOR
+    default = ",".join(str(n) for n in (1024, 2048, 4096, 8192, 16384, served - OUTPUT))
+    parser.add_argument("--lengths", default=default)
+    parser.add_argument("--requests", type=int, default=3)
+    args = parser.parse_args()
+    lengths = [int(n) for n in args.lengths.split(",")]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = build_tiny_checkpoint(Path(tmp) / "model", max_position_embeddings=ORIGINAL)
+        port = free_port()
+        command = [
+            sys.executable, "-m", "server", "--port", str(port), "--model", str(checkpoint),
+            "--served-model-name", "bench", "--dtype", "float32", "--enforce-eager",
+            "--rope-type", "resonance_yarn", "--rope-factor", str(FACTOR),
+            "--cpu-kv-cache-space-gib", str(KV_CACHE_GIB), "--max-num-seqs", "1",
+        ]  # fmt: skip
+        rows = []
+        with serving(command, port, Path(tmp) / "server.log") as server:
+            idle_rss = server.rss_bytes()
+            for length in lengths:
+                peak = {"rss": 0, "kv": 0.0}
+                done = threading.Event()
+
+                def watch(peak=peak, done=done) -> None:
+                    while not done.is_set():
+                        peak["rss"] = max(peak["rss"], server.rss_bytes())
+                        peak["kv"] = max(peak["kv"], kv_usage(server.base_url))
+                        time.sleep(0.1)
+
+                watcher = threading.Thread(target=watch)
+                watcher.start()
+                options = Options(
+                    base_url=server.base_url, model="bench", prompt_tokens=[length],
+                    output_tokens=OUTPUT, concurrency=[1], num_requests=args.requests,
+                    warmup=1 if length == lengths[0] else 0, out=None,
+                )  # fmt: skip
+                (level,) = asyncio.run(run_loadtest(options))["levels"]
+                done.set()
+                watcher.join()
+                rows.append((length, level, peak))
+    print(f"\nprompt scaling: resonance_yarn x{FACTOR} from {ORIGINAL} to {served} tokens, "
+          f"one request at a time, median of {args.requests}; server idle RSS "
+          f"{idle_rss / 2**30:.2f} GiB (KV cache {KV_CACHE_GIB} GiB preallocated)")  # fmt: skip
+    print(f"{'prompt':>8s} {'TTFT p50 ms':>12s} {'ms / 1K tok':>12s} {'E2E p50 ms':>11s} "
+          f"{'peak RSS GiB':>13s} {'peak KV use':>12s}")  # fmt: skip
+    for length, level, peak in rows:
+        ttft = level["ttft_ms"]["p50"] or float("nan")
+        print(f"{length:8d} {ttft:12.1f} {ttft / length * 1024:12.1f} "
+              f"{level['e2e_ms']['p50'] or float('nan'):11.1f} {peak['rss'] / 2**30:13.2f} "
+              f"{peak['kv']:12.3f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Start an HTTP server process, wait until it is healthy, stop it the way an orchestrator does."""
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RunningServer:
+    base_url: str
+    process: subprocess.Popen
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server and every process it started (the engine's)."""
+        total = 0
+        try:
+            root = psutil.Process(self.process.pid)
+            processes = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0
+        for process in processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += process.memory_info().rss
+        return total
+
+
+def start_server(
+    command: Sequence[str],
+    port: int,
+    log: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 240,
+) -> RunningServer:
+    """Start ``command`` (which must listen on ``port``) and wait until /health answers 200."""
+    handle = log.open("w")
+    process = subprocess.Popen(
+        list(command),
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,  # its own process group: the engine's processes included
+    )
+    server = RunningServer(f"http://127.0.0.1:{port}", process, log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.output()}")
+        try:
+            if httpx.get(f"{server.base_url}/health", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    stop_server(server)
+    raise RuntimeError(f"server did not become healthy:\n{server.output()}")
+
+
+def stop_server(server: RunningServer, timeout: float = 60) -> int:
+    """SIGTERM, as an orchestrator would; then nothing of the server may be left running."""
+    if server.process.poll() is None:
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            server.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.process.pid, signal.SIGKILL)
+    return server.process.returncode
+
+
+@contextlib.contextmanager
+def serving(command: Sequence[str], port: int, log: Path, **kwargs) -> Iterator[RunningServer]:
+    server = start_server(command, port, log, **kwargs)
+    try:
+        yield server
+    finally:
+        stop_server(server)

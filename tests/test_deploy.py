@@ -1,0 +1,209 @@
+"""Everything in deploy/, checked by the real tools that run offline.
+
+Helm's own Go code (helm-python-sdk) lints and renders the chart, the Kubernetes schemas check
+every rendered manifest, a Compose v2 binary reads the compose file, hadolint the Dockerfiles,
+promtool the Prometheus files; and the rendered container arguments are parsed by the server's
+own settings, as the container will parse them.
+"""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+from server.settings import load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+CHART = DEPLOY / "helm" / "resonance-serve"
+EXAMPLES = sorted((DEPLOY / "helm" / "examples").glob("*.yaml"))
+KUBERNETES_VERSION = "1.30.0"
+BIN = Path(sys.executable).parent
+
+
+def values_of(example: Path | None) -> dict | None:
+    return yaml.safe_load(example.read_text()) if example else None
+
+
+def render(values: dict | None) -> list[dict]:
+    manifests = helm.Chart.load(CHART).render(values, name="rs", namespace="llm", is_install=True)
+    documents = []
+    for path, text in manifests.items():
+        if path.endswith(".yaml"):
+            documents += [doc for doc in yaml.safe_load_all(text) if doc]
+    return documents
+
+
+def container(documents: list[dict]) -> dict:
+    (deployment,) = [d for d in documents if d["kind"] == "Deployment"]
+    (server,) = deployment["spec"]["template"]["spec"]["containers"]
+    return server
+
+
+def test_chart_lints_clean():
+    report = helm.lint(CHART, strict=True, kube_version=f"v{KUBERNETES_VERSION}")
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+@pytest.mark.parametrize("example", [None, *EXAMPLES], ids=lambda e: e.stem if e else "defaults")
+def test_every_rendered_manifest_is_valid_kubernetes(example):
+    documents = render(values_of(example))
+    kinds = {d["kind"] for d in documents}
+    assert {"Deployment", "Service", "Secret", "PodDisruptionBudget"} <= kinds
+    for document in documents:
+        if document["kind"] == "ServiceMonitor":  # a Prometheus-operator CRD, not core
+            assert document["apiVersion"] == "monitoring.coreos.com/v1"
+            continue
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+
+
+def test_everything_on_renders_every_optional_part():
+    documents = render(values_of(DEPLOY / "helm" / "examples" / "everything-on.yaml"))
+    kinds = {d["kind"] for d in documents}
+    assert {
+        "Ingress",
+        "ServiceMonitor",
+        "HorizontalPodAutoscaler",
+        "PersistentVolumeClaim",
+    } <= kinds
+    (hpa,) = [d for d in documents if d["kind"] == "HorizontalPodAutoscaler"]
+    assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "resonance_num_requests_waiting"
+
+
+def test_gpu_values_reach_the_server_as_it_reads_them(tmp_path):
+    documents = render(values_of(DEPLOY / "helm" / "examples" / "gpu-llama2-7b-32k.yaml"))
+    server = container(documents)
+    env = {e["name"]: e.get("value") for e in server["env"]}
+    assert env["RESONANCE_HOST"] == "0.0.0.0"
+    # The container's API-key file is the chart Secret's api_keys, mounted.
+    (secret,) = [d for d in documents if d["kind"] == "Secret"]
+    mount = next(m for m in server["volumeMounts"] if m["name"] == "api-keys")
+    assert env["RESONANCE_API_KEY_FILE"] == f"{mount['mountPath']}/api_keys"
+    keys = tmp_path / "api_keys"
+    keys.write_text(secret["stringData"]["api_keys"])
+    settings = load_settings([*server["args"], "--api-key-file", str(keys)])
+    assert settings.model == "meta-llama/Llama-2-7b-chat-hf"
+    assert (settings.rope_type, settings.rope_factor) == ("resonance_yarn", 8.0)
+    assert settings.original_max_position_embeddings == 4096
+    assert settings.accepted_api_keys() == ["change-me"]
+    hf_token = next(e for e in server["env"] if e["name"] == "HF_TOKEN")
+    assert hf_token["valueFrom"]["secretKeyRef"]["name"] == secret["metadata"]["name"]
+    # The probes ask /health; a long start-up is allowed for model downloads.
+    probe = server["startupProbe"]
+    assert probe["httpGet"]["path"] == "/health"
+    assert probe["periodSeconds"] * probe["failureThreshold"] >= 600
+    volumes = container_volumes(documents)
+    assert volumes["shm"]["emptyDir"]["medium"] == "Memory"
+    assert server["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+def container_volumes(documents: list[dict]) -> dict[str, dict]:
+    (deployment,) = [d for d in documents if d["kind"] == "Deployment"]
+    return {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+
+
+def test_cpu_demo_values_reach_the_server():
+    server = container(render(values_of(DEPLOY / "helm" / "examples" / "cpu-demo.yaml")))
+    settings = load_settings(server["args"])
+    assert settings.is_demo
+    assert settings.effective_rope_type == "resonance_yarn" and settings.effective_factor == 4
+    assert settings.cpu_kv_cache_space_gib == 2
+
+
+def test_multinode_values_pass_vllms_parallelism_through():
+    server = container(render(values_of(DEPLOY / "helm" / "examples" / "multinode-ray.yaml")))
+    settings = load_settings(server["args"])
+    assert settings.tensor_parallel_size == 8 and settings.pipeline_parallel_size == 2
+    assert settings.distributed_executor_backend == "ray"
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"rope": {"type": "resonance_bogus", "factor": 2}}, "/rope/type"),
+        ({"rope": {"type": "resonance_yarn", "factor": 0.5}}, "/rope/factor"),
+        ({"engine": {"tensorParallelSize": 0}}, "/engine/tensorParallelSize"),
+        ({"limits": {"maxConcurrentRequests": 0}}, "/limits/maxConcurrentRequests"),
+        ({"service": {"port": 70000}}, "/service/port"),
+    ],
+)
+def test_schema_rejects_bad_values(values, message):
+    with pytest.raises(helm.HelmValuesError, match=message):
+        helm.Chart.load(CHART).validate_schema(values)
+
+
+def test_max_context_above_factor_times_original_is_refused():
+    values = {"rope": {"type": "resonance_yarn", "factor": 2,
+                       "originalMaxPositionEmbeddings": 4096, "maxModelLen": 9000}}  # fmt: skip
+    with pytest.raises(helm.HelmRenderError, match=r"rope.maxModelLen \(9000\) is longer"):
+        render(values)
+
+
+def run(*command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+@pytest.mark.parametrize("profile", ["gpu", "cpu"])
+def test_compose_file_is_valid(profile):
+    compose = DEPLOY / "compose" / "docker-compose.yml"
+    result = run(str(BIN / "docker-compose"), "-f", str(compose), "--profile", profile, "config")
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    server = config["services"][f"server-{profile}"]
+    assert "/health" in str(server["healthcheck"]["test"])
+    assert {"prometheus", "grafana"} <= set(config["services"])
+    if profile == "gpu":
+        assert server["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+        assert server["environment"]["RESONANCE_ROPE_TYPE"] == "resonance_yarn"
+
+
+def test_dockerfiles_pass_hadolint():
+    dockerfiles = sorted(str(p) for p in (DEPLOY / "docker").glob("Dockerfile.*"))
+    assert len(dockerfiles) == 2
+    result = run(str(BIN / "hadolint"), *dockerfiles)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_prometheus_config_and_rules_pass_promtool():
+    directory = DEPLOY / "compose" / "prometheus"
+    config = run("promtool", "check", "config", str(directory / "prometheus.yml"))
+    assert config.returncode == 0, config.stdout + config.stderr
+    rules = run("promtool", "check", "rules", str(directory / "rules.yml"))
+    assert rules.returncode == 0, rules.stdout + rules.stderr
+
+
+def test_yaml_files_pass_yamllint():
+    result = run(str(BIN / "yamllint"), "-c", ".yamllint.yaml", "deploy")
+    assert result.returncode == 0, result.stdout
+
+
+METRIC = re.compile(r"\b(resonance_[a-z0-9_]+|vllm:[a-z0-9_:]+)")
+
+
+@pytest.mark.engine
+def test_dashboard_and_alerts_use_only_metrics_the_server_exports(http):
+    exported = {
+        line.split()[2]
+        for line in http.get("/metrics").text.splitlines()
+        if line.startswith("# TYPE ")
+    }
+    dashboard = json.loads((DEPLOY / "compose/grafana/dashboards/resonance-serve.json").read_text())
+    expressions = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    expressions += [
+        rule["expr"]
+        for group in yaml.safe_load((DEPLOY / "compose/prometheus/rules.yml").read_text())["groups"]
+        for rule in group["rules"]
+    ]
+    used = {
+        re.sub(r"_(bucket|sum|count|total)$", "", m) for e in expressions for m in METRIC.findall(e)
+    }
+    assert len(used) >= 9
+    missing = {name for name in used if name not in exported and f"{name}_total" not in exported}
+    assert missing == set()
