@@ -286,7 +286,9 @@ class Serving:
             prompt = job.prompts[i]
             for completion in output.outputs:
                 generated += len(completion.token_ids)
-                choices.append(self._completion_choice(job, i, prompt, output, completion))
+                choices.append(
+                    self._completion_choice(job, i, prompt, output, completion, job.echo)
+                )
         body = r.envelope(job.request_id, "text_completion", self.model, job.created)
         return body | {"choices": choices, "usage": self._usage(job, generated)}
 
@@ -295,13 +297,15 @@ class Serving:
             prompt.text = self.tokenizer.decode(prompt.token_ids)
         return prompt.text
 
-    def _completion_choice(self, job, prompt_index, prompt, output, completion) -> dict[str, Any]:
+    def _completion_choice(
+        self, job: Job, prompt_index: int, prompt: Prompt, output, completion, echo: bool
+    ) -> dict[str, Any]:
         text, logprobs = completion.text, None
         if job.logprobs is not None:
             logprobs = r.completion_logprobs(
                 completion.token_ids, completion.logprobs, job.logprobs, self.decode
             )
-        if job.echo:
+        if echo:
             prompt_text = self._prompt_text(prompt)
             if logprobs is not None and output.prompt_logprobs is not None:
                 echoed = r.completion_logprobs(
@@ -328,15 +332,12 @@ class Serving:
                 for completion in output.outputs:
                     index = i * job.n + completion.index
                     generated += len(completion.token_ids)
-                    choice = self._completion_choice(job, i, job.prompts[i], output, completion)
-                    if index in echoed or not job.echo:
-                        choice["text"] = completion.text
-                        if job.logprobs is not None:
-                            choice["logprobs"] = r.completion_logprobs(
-                                completion.token_ids, completion.logprobs, job.logprobs, self.decode
-                            )
+                    echo = job.echo and index not in echoed  # the prompt goes in the first chunk
                     echoed.add(index)
-                    choices.append(choice)
+                    prompt = job.prompts[i]
+                    choices.append(
+                        self._completion_choice(job, i, prompt, output, completion, echo)
+                    )
                 yield r.sse(base | {"choices": choices})
         except Exception as error:  # the engine failed mid-stream: say so in the stream
             yield r.sse(stream_error(error))

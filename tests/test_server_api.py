@@ -270,3 +270,14 @@ def _sample(text: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[-1])
     raise AssertionError(f"{name} not in /metrics")
+
+
+def test_streamed_echo_starts_with_the_prompt(client):
+    whole = client.completions.create(
+        model=MODEL_NAME, prompt=PROMPT, max_tokens=10, temperature=0, echo=True
+    )
+    assert whole.choices[0].text.startswith(PROMPT)
+    chunks = client.completions.create(
+        model=MODEL_NAME, prompt=PROMPT, max_tokens=10, temperature=0, echo=True, stream=True
+    )
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
