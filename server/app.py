@@ -63,13 +63,13 @@ def create_app(engine: Engine, settings: Settings, state: ServerState) -> FastAP
     @app.post("/v1/completions")
     @with_cancellation
     async def completions(request: CompletionRequest, raw_request: Request) -> Response:
-        job = serving.completion_job(request)
+        job = await serving.completion_job(request)
         return await run(raw_request, job, serving.stream_completion, serving.complete)
 
     @app.post("/v1/chat/completions")
     @with_cancellation
     async def chat_completions(request: ChatCompletionRequest, raw_request: Request) -> Response:
-        job = serving.chat_job(request)
+        job = await serving.chat_job(request)
         return await run(raw_request, job, serving.stream_chat, serving.chat)
 
     @app.get("/v1/models")

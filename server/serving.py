@@ -87,24 +87,28 @@ class Serving:
             )
         return Prompt(ids)
 
-    def _text_prompt(self, text: str, add_special_tokens: bool = True) -> Prompt:
+    async def _text_prompt(self, text: str, add_special_tokens: bool = True) -> Prompt:
         if not text:
             raise APIError(400, "prompt must not be empty", param="prompt")
-        ids = self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        # A 30K-token prompt takes tens of milliseconds to encode: off the event loop, where
+        # it would stall every running stream (the Rust tokenizer releases the GIL).
+        ids = await asyncio.to_thread(
+            self.tokenizer.encode, text, add_special_tokens=add_special_tokens
+        )
         return Prompt(ids, text)
 
-    def completion_prompts(self, prompt: Any) -> list[Prompt]:
+    async def completion_prompts(self, prompt: Any) -> list[Prompt]:
         if isinstance(prompt, str):
-            return [self._text_prompt(prompt)]
+            return [await self._text_prompt(prompt)]
         if not prompt:
             raise APIError(400, "prompt must not be empty", param="prompt")
         if isinstance(prompt[0], int):
             return [self._token_prompt(prompt)]
         if isinstance(prompt[0], str):
-            return [self._text_prompt(p) for p in prompt]
+            return [await self._text_prompt(p) for p in prompt]
         return [self._token_prompt(p) for p in prompt]
 
-    def chat_prompt(self, request: ChatCompletionRequest) -> Prompt:
+    async def chat_prompt(self, request: ChatCompletionRequest) -> Prompt:
         messages = [{"role": m.role, "content": m.text()} for m in request.messages]
         try:
             text = self.tokenizer.apply_chat_template(
@@ -113,7 +117,7 @@ class Serving:
         except Exception as error:  # the template's own raise_exception, or a Jinja error
             raise APIError(400, f"messages: {error}", param="messages") from None
         # The template writes the BOS token itself.
-        return self._text_prompt(text, add_special_tokens=False)
+        return await self._text_prompt(text, add_special_tokens=False)
 
     def _max_tokens(self, prompts: list[Prompt], requested: int | None) -> int:
         longest = max(len(p.token_ids) for p in prompts)
@@ -181,10 +185,10 @@ class Serving:
             message = f"top_k must be at most the vocabulary size {self.vocab_size}"
             raise APIError(400, message, param="top_k")
 
-    def completion_job(self, request: CompletionRequest) -> Job:
+    async def completion_job(self, request: CompletionRequest) -> Job:
         self.check_model(request.model)
         self._check_sampling(request)
-        prompts = self.completion_prompts(request.prompt)
+        prompts = await self.completion_prompts(request.prompt)
         max_tokens = self._max_tokens(prompts, request.max_tokens)
         prompt_logprobs = (
             request.logprobs if request.echo and request.logprobs is not None else None
@@ -192,10 +196,10 @@ class Serving:
         params = self._sampling_params(request, max_tokens, request.logprobs, prompt_logprobs)
         return self._job("cmpl", request, prompts, params, request.logprobs, request.echo)
 
-    def chat_job(self, request: ChatCompletionRequest) -> Job:
+    async def chat_job(self, request: ChatCompletionRequest) -> Job:
         self.check_model(request.model)
         self._check_sampling(request)
-        prompts = [self.chat_prompt(request)]
+        prompts = [await self.chat_prompt(request)]
         requested = request.max_completion_tokens or request.max_tokens
         max_tokens = self._max_tokens(prompts, requested)
         top = (request.top_logprobs or 0) if request.logprobs else None

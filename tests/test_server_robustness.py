@@ -102,7 +102,7 @@ def test_prompt_tokens_beyond_the_limit_get_429_and_the_server_recovers(http):
                 "model": MODEL_NAME,
                 "prompt": token_prompt(prompt_tokens, salt=i),
                 "max_tokens": SERVED_CONTEXT - prompt_tokens,
-                "n": 8,  # long enough to be still running when the next request comes
+                "n": 16,  # seconds of decoding: still running when the next request comes
                 "ignore_eos": True,
                 "stream": True,
             }
@@ -133,7 +133,7 @@ def test_body_larger_than_the_limit_gets_413(http):
 
 def test_disconnected_streams_are_aborted(http):
     """20 clients drop mid-stream: the engine stops their work within a second or two."""
-    body = {"model": MODEL_NAME, "prompt": PROMPT, "max_tokens": 400, "ignore_eos": True}
+    body = {"model": MODEL_NAME, "prompt": PROMPT, "max_tokens": 900, "ignore_eos": True}
     stream_body = body | {"stream": True}
     streams = [open_stream(http, stream_body) for _ in range(20)]
     assert metric(http, "resonance_num_requests_running") > 0
