@@ -114,8 +114,14 @@ async def run_loadtest(options: Options) -> dict[str, Any]:
     levels += [
         Level("request_rate", r, p) for r in options.request_rate for p in options.prompt_tokens
     ]
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    with httpx.Client(base_url=options.base_url, headers=headers, timeout=timeout) as sync:
+    # Idle connections are dropped after 2 s, before a server's keep-alive timeout (5 s for
+    # uvicorn, vLLM's included) can close one just as it is reused between levels.
+    limits = httpx.Limits(
+        max_connections=None, max_keepalive_connections=None, keepalive_expiry=2.0
+    )
+    with httpx.Client(
+        base_url=options.base_url, headers=headers, timeout=timeout, limits=limits
+    ) as sync:
         builder = _builder(options, sync)
         work = Workload(
             options.endpoint, options.model, options.output_tokens, options.num_requests,
