@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.metrics import Metrics
-from server.settings import Settings, rope_parameters
+from server.settings import Settings, rope_override
 from server.tiny_checkpoint import DEMO_NAME, demo_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -35,16 +35,15 @@ def engine_args(settings: Settings, model: str) -> Any:
     """vLLM's engine arguments for these settings (raises ValueError on a bad combination)."""
     from vllm.engine.arg_utils import AsyncEngineArgs
 
-    checkpoint_rope, checkpoint_max = _checkpoint_rope(model)
-    rope, max_positions = rope_parameters(settings, checkpoint_rope, checkpoint_max)
-    overrides = {} if rope is None else {"rope_parameters": rope}
-    if max_positions is not None:
-        overrides["max_position_embeddings"] = max_positions
+    override = rope_override(settings, *_checkpoint_rope(model))
+    overrides: dict[str, Any] = {}
     max_model_len = settings.max_model_len
-    if max_model_len is None and rope is not None:
-        factor = rope.get("factor", 1.0)
-        original = rope.get("original_max_position_embeddings", checkpoint_max)
-        max_model_len = int(original * factor)
+    if override is not None:
+        overrides = {
+            "rope_parameters": override.rope_parameters,
+            "max_position_embeddings": override.max_position_embeddings,
+        }
+        max_model_len = override.max_model_len
     optional = {
         "max_num_seqs": settings.max_num_seqs,
         "enable_chunked_prefill": settings.enable_chunked_prefill,

@@ -4,6 +4,7 @@ Priority: flags, then environment, then the YAML file named by ``--config`` (or
 RESONANCE_CONFIG), then the defaults below. YAML keys are the field names (``rope_type: yarn``).
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -221,24 +222,34 @@ def load_settings(argv: list[str] | None) -> Settings:
     return Settings(_cli_settings_source=cli)
 
 
-def rope_parameters(
-    settings: Settings, checkpoint_rope: dict[str, Any], checkpoint_max_positions: int
-) -> tuple[dict[str, Any] | None, int | None]:
-    """The ``rope_parameters`` override and ``max_position_embeddings`` for the checkpoint.
+@dataclass(frozen=True)
+class RopeOverride:
+    """What the settings change in an unmodified checkpoint's config, and the context served."""
 
-    None for both when the settings leave the checkpoint's own RoPE as it is. Raises
-    ValueError (one line, naming the setting) on a combination that cannot be served.
+    rope_parameters: dict[str, Any]
+    max_position_embeddings: int
+    max_model_len: int
+
+
+def rope_override(
+    settings: Settings, checkpoint_rope: dict[str, Any], checkpoint_max_positions: int
+) -> RopeOverride | None:
+    """None when the settings leave the checkpoint's own RoPE as it is.
+
+    Raises ValueError (one line, naming the setting) on a combination that cannot be served.
     """
     rope_type = settings.effective_rope_type
     if rope_type is None:
-        return None, None
+        return None
     theta = checkpoint_rope.get("rope_theta") or 10000.0
-    if rope_type == "none":
-        return {"rope_type": "default", "rope_theta": theta}, checkpoint_max_positions
     original = settings.original_max_position_embeddings or checkpoint_max_positions
-    params: dict[str, Any] = {"rope_type": rope_type, "rope_theta": theta}
-    factor = settings.effective_factor or 1.0
-    if rope_type != "resonance":
+    if rope_type == "none":
+        params: dict[str, Any] = {"rope_type": "default", "rope_theta": theta}
+        factor = 1.0
+    else:
+        params = {"rope_type": rope_type, "rope_theta": theta}
+        factor = settings.effective_factor or 1.0
+    if rope_type not in ("none", "resonance"):
         params |= {"factor": factor, "original_max_position_embeddings": original}
     if rope_type.endswith("yarn"):
         params |= {"beta_fast": settings.yarn_beta_fast, "beta_slow": settings.yarn_beta_slow}
@@ -257,5 +268,8 @@ def rope_parameters(
         )
     # YaRN and llama3 read max_position_embeddings as the extended length; the others scale
     # the original one by the factor themselves.
-    max_positions = served if rope_type in EXTENDED_TYPES else original
-    return params, max_positions
+    return RopeOverride(
+        rope_parameters=params,
+        max_position_embeddings=served if rope_type in EXTENDED_TYPES else original,
+        max_model_len=settings.max_model_len or served,
+    )

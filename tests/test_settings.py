@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from server.settings import Settings, load_settings, rope_parameters
+from server.settings import Settings, load_settings, rope_override
 
 
 def test_flags_win_over_environment_over_yaml(tmp_path, monkeypatch):
@@ -40,16 +40,21 @@ def test_demo_defaults_to_resonance_yarn_factor_4():
 )
 def test_rope_override_of_an_unmodified_checkpoint(rope_type, extended_positions):
     settings = Settings(model="m", rope_type=rope_type, rope_factor=4)
-    params, max_positions = rope_parameters(settings, {"rope_theta": 5e5}, 4096)
+    override = rope_override(settings, {"rope_theta": 5e5}, 4096)
+    params = override.rope_parameters
+    assert override.max_model_len == 16384
     assert params["rope_type"] == rope_type and params["rope_theta"] == 5e5
     assert params["factor"] == 4 and params["original_max_position_embeddings"] == 4096
-    assert max_positions == extended_positions
+    assert override.max_position_embeddings == extended_positions
     if rope_type.endswith("yarn"):
         assert (params["beta_fast"], params["beta_slow"]) == (32, 1)
 
 
 def test_no_rope_settings_leave_the_checkpoint_alone():
-    assert rope_parameters(Settings(model="m"), {"rope_theta": 1e4}, 4096) == (None, None)
+    assert rope_override(Settings(model="m"), {"rope_theta": 1e4}, 4096) is None
+    plain = rope_override(Settings(model="m", rope_type="none"), {"rope_theta": 1e4}, 4096)
+    assert plain.rope_parameters == {"rope_type": "default", "rope_theta": 1e4}
+    assert (plain.max_position_embeddings, plain.max_model_len) == (4096, 4096)
 
 
 def test_max_model_len_beyond_factor_times_original_is_refused():
@@ -57,7 +62,7 @@ def test_max_model_len_beyond_factor_times_original_is_refused():
     with pytest.raises(
         ValueError, match=r"max_model_len \(9000\) is longer than .* \(2 x 4096 = 8192\)"
     ):
-        rope_parameters(settings, {}, 4096)
+        rope_override(settings, {}, 4096)
 
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
