@@ -20,9 +20,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.servers import free_port, serving
+from checkpoints.tiny import build_tiny_checkpoint
+from harness.servers import free_port, serving
 from loadtests.cli import Options, run_loadtest
-from server.tiny_checkpoint import build_tiny_checkpoint
 
 ENV = {"VLLM_CPU_KVCACHE_SPACE": "2"}
 ENGINE_FLAGS = ["--dtype", "float32", "--enforce-eager"]

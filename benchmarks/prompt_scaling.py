@@ -16,9 +16,9 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.servers import free_port, serving
+from checkpoints.tiny import build_tiny_checkpoint
+from harness.servers import free_port, serving
 from loadtests.cli import Options, run_loadtest
-from server.tiny_checkpoint import build_tiny_checkpoint
 
 ORIGINAL, FACTOR, OUTPUT = 4096, 8, 16
 KV_CACHE_GIB = 4

@@ -20,7 +20,7 @@ ORIGINAL, FACTOR = 256, 4
 
 
 def checkpoint(root: Path, rope_type: str) -> Path:
-    from server.tiny_checkpoint import build_tiny_checkpoint
+    from checkpoints.tiny import build_tiny_checkpoint
 
     params = {
         "rope_type": rope_type,

@@ -5,7 +5,8 @@ more than once, and every call after the first changes nothing. The math lives i
 `rope_plugins.frequencies` and `rope_plugins.resonance` and needs neither library.
 """
 
-from rope_plugins.validation import RESONANCE_TYPES, RopeParameterError, validate_rope_parameters
+from rope_plugins.catalog import RESONANCE_TYPES
+from rope_plugins.validation import RopeParameterError, validate_rope_parameters
 
 __all__ = ["RESONANCE_TYPES", "RopeParameterError", "register", "validate_rope_parameters"]
 

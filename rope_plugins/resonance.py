@@ -11,15 +11,11 @@ from typing import Any
 import torch
 
 from rope_plugins import frequencies as f
-from rope_plugins.validation import RESONANCE_TYPES, validate_rope_parameters, with_yarn_defaults
+from rope_plugins.catalog import DEFAULT_ROPE_THETA, RESONANCE_TYPES, served_max_positions
+from rope_plugins.validation import validate_rope_parameters, with_yarn_defaults
 
 # (params, rotary dim, max positions, sequence length) -> (inverse frequencies, attention factor)
 BaseMethod = Callable[[Mapping[str, Any], int, int, float], tuple[torch.Tensor, float]]
-
-# Types whose max_position_embeddings already counts the extension (vLLM's and transformers'
-# convention); for the others the served length is max_position_embeddings * factor.
-EXTENDED_MAX_POSITION_TYPES = frozenset({"yarn", "llama3"})
-DEFAULT_ROPE_THETA = 10000.0
 
 
 def _default(p: Mapping[str, Any], dim: int, max_pos: int, seq_len: float):
@@ -94,39 +90,28 @@ class ResonanceRope:
         )
 
 
-def served_max_positions(params: Mapping[str, Any], max_position: int) -> int:
-    """The context length a Resonance type serves, and the rows of its cos/sin table.
-
-    As vLLM derives it for the type it extends: max_position_embeddings for plain RoPE,
-    times the factor for linear, NTK and dynamic. For YaRN and llama3 configs, whose
-    max_position_embeddings already counts the extension, original * factor when that is
-    larger (vLLM's YaRN table always has original * factor rows).
-    """
-    base = RESONANCE_TYPES[params["rope_type"]]
-    if base == "default":
-        return max_position
-    if base in EXTENDED_MAX_POSITION_TYPES:
-        extended = int(params["original_max_position_embeddings"] * params["factor"])
-        return max(max_position, extended)
-    return int(max_position * params["factor"])
-
-
 def resonance_rope(
     params: Mapping[str, Any],
     rotary_dim: int,
     max_position: int,
     seq_len: float | None = None,
 ) -> ResonanceRope:
-    """Resolve validated parameters; ``seq_len`` only matters to the dynamic method."""
+    """Resolve validated parameters.
+
+    ``seq_len`` only matters to the dynamic method, whose base grows with the length it is
+    computed for: by default the served length, so that a static table (vLLM's) is the one
+    dynamic NTK gives a sequence of that length (transformers recomputes it per length).
+    """
     validate_rope_parameters(params)
     params = {**params, "rope_theta": params.get("rope_theta") or DEFAULT_ROPE_THETA}
     method = BASE_METHODS[RESONANCE_TYPES[params["rope_type"]]]
-    inv_freq, attention_factor = method(params, rotary_dim, max_position, seq_len or max_position)
+    served = served_max_positions(params, max_position)
+    inv_freq, attention_factor = method(params, rotary_dim, max_position, seq_len or served)
     wavelengths = f.round_wavelengths(inv_freq)
     return ResonanceRope(
         rope_type=params["rope_type"],
         inv_freq=f.TWO_PI / wavelengths,
         wavelengths=wavelengths,
         attention_factor=attention_factor,
-        max_positions=served_max_positions(params, max_position),
+        max_positions=served,
     )

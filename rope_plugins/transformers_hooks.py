@@ -8,8 +8,9 @@ from typing import Any
 
 import torch
 
+from rope_plugins.catalog import RESONANCE_TYPES
 from rope_plugins.resonance import resonance_rope
-from rope_plugins.validation import RESONANCE_TYPES, validate_rope_parameters
+from rope_plugins.validation import validate_rope_parameters
 
 
 def _rope_parameters(config: Any, layer_type: str | None) -> dict[str, Any]:
@@ -27,8 +28,9 @@ def compute_resonance_parameters(
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     dim = int(head_dim * params.get("partial_rotary_factor", 1.0))
     max_position = config.max_position_embeddings
-    if seq_len is not None:
-        seq_len = max(int(seq_len), max_position)
+    # Dynamic NTK in transformers starts at the trained length and is recomputed for each
+    # longer sequence (its rope_type contains "dynamic"); the other methods ignore seq_len.
+    seq_len = max(int(seq_len), max_position) if seq_len is not None else max_position
     rope = resonance_rope(params, dim, max_position, seq_len)
     return rope.inv_freq.to(device=device, dtype=torch.float32), rope.attention_factor
 

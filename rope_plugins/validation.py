@@ -3,16 +3,7 @@
 from collections.abc import Callable, Mapping
 from typing import Any
 
-# rope_type -> the scaling method whose frequencies are rounded ("default" is plain RoPE).
-RESONANCE_TYPES: dict[str, str] = {
-    "resonance": "default",
-    "resonance_yarn": "yarn",
-    "resonance_linear": "linear",
-    "resonance_dynamic": "dynamic",
-    "resonance_ntk": "ntk",
-    "resonance_llama3": "llama3",
-}
-
+from rope_plugins.catalog import RESONANCE_TYPES
 
 # YaRN's defaults where rope_parameters leaves a field out (or sets it to null).
 YARN_DEFAULTS: dict[str, Any] = {"beta_fast": 32, "beta_slow": 1, "truncate": True}

@@ -14,27 +14,51 @@ from typing import Any
 
 import torch
 
-from rope_plugins.resonance import served_max_positions
-from rope_plugins.validation import RESONANCE_TYPES, validate_rope_parameters
+from rope_plugins.catalog import RESONANCE_TYPES, served_max_positions
+from rope_plugins.validation import validate_rope_parameters
 
 _WRAPPED = "__resonance_wrapped__"
+# The parameters of vLLM's get_rope this wrapper reads, checked once at install.
+_NEEDED = ("head_size", "max_position", "is_neox_style", "rope_parameters", "dtype")
+
+
+def _check_signature(signature: inspect.Signature) -> int:
+    """The position of ``rope_parameters``; a clear error if vLLM's get_rope changed."""
+    names = list(signature.parameters)
+    missing = [name for name in _NEEDED if name not in names]
+    if missing:
+        import vllm
+
+        raise RuntimeError(
+            f"resonance rope plugin: vLLM {vllm.__version__} get_rope has no parameter(s) "
+            f"{', '.join(missing)}; this plugin supports vLLM 0.32"
+        )
+    return names.index("rope_parameters")
 
 
 def _wrap_get_rope(original: Callable[..., Any]) -> Callable[..., Any]:
     from rope_plugins.vllm_rotary import ResonanceRotaryEmbedding
 
     signature = inspect.signature(original)
+    params_index = _check_signature(signature)
     cache: dict[tuple[Any, ...], ResonanceRotaryEmbedding] = {}
+
+    def resonance_type(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        if "rope_parameters" in kwargs:
+            params = kwargs["rope_parameters"]
+        else:
+            params = args[params_index] if len(args) > params_index else None
+        return isinstance(params, dict) and params.get("rope_type") in RESONANCE_TYPES
 
     @functools.wraps(original)
     def get_rope(*args: Any, **kwargs: Any) -> Any:
+        if not resonance_type(args, kwargs):  # every other call reaches vLLM untouched
+            return original(*args, **kwargs)
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         a = bound.arguments
-        params = a["rope_parameters"] or {}
-        if params.get("rope_type") not in RESONANCE_TYPES:
-            return original(*args, **kwargs)
-        if a["dual_chunk_attention_config"] is not None or "mrope_section" in params:
+        params = a["rope_parameters"]
+        if a.get("dual_chunk_attention_config") is not None or "mrope_section" in params:
             raise ValueError(
                 f"rope_type {params['rope_type']!r} supports plain (1-D) RoPE only, "
                 "not dual-chunk attention or M-RoPE"
@@ -70,7 +94,7 @@ def _as_served_length(
     @functools.wraps(original)
     def iter_rope_parameters(config: Any) -> Iterator[dict[str, Any]]:
         for params in original(config):
-            if not str(params.get("rope_type")).startswith("resonance"):
+            if params.get("rope_type") not in RESONANCE_TYPES:
                 yield params
                 continue
             validate_rope_parameters(params)

@@ -11,7 +11,8 @@ from typing import Any
 import torch
 from vllm.model_executor.layers.rotary_embedding.base import RotaryEmbedding
 
-from rope_plugins.resonance import DEFAULT_ROPE_THETA, resonance_rope
+from rope_plugins.catalog import DEFAULT_ROPE_THETA
+from rope_plugins.resonance import resonance_rope
 
 
 class ResonanceRotaryEmbedding(RotaryEmbedding):

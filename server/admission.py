@@ -1,8 +1,10 @@
-"""Admission control sized for long prompts: requests and prompt tokens in flight.
+"""Admission control counted in what the engine will run: requests, sequences and tokens.
 
-One 30K-token prompt costs what a thousand short ones do, so the server bounds both the number
-of generation requests it holds and the prompt tokens they carry; past either bound a request
-gets 429 with Retry-After at once, instead of queueing without end.
+One 30K-token prompt costs what a thousand short ones do, and one request with many prompts
+and a large ``n`` is many engine sequences, so the server bounds all three in flight. A request
+is admitted in two steps: before its prompts are tokenized (a request and its sequences), then
+once its token count is known (each sequence's prompt plus the output it may generate). Past any
+bound it gets 429 with Retry-After at once instead of queueing without end.
 """
 
 from dataclasses import dataclass
@@ -17,35 +19,49 @@ class Ticket:
     """A place held by one request until `release` (which may be called more than once)."""
 
     admission: "Admission"
-    prompt_tokens: int
+    sequences: int
+    tokens: int = 0
     released: bool = False
+
+    def charge(self, tokens: int) -> None:
+        """Add the request's tokens (prompt + output of every sequence); 429 past the bound."""
+        admission = self.admission
+        if admission.tokens + tokens > admission.max_tokens:
+            admission.refuse(
+                f"{admission.tokens} tokens are in flight and this request adds {tokens} "
+                f"(limit {admission.max_tokens})"
+            )
+        admission.tokens += tokens
+        self.tokens += tokens
 
     def release(self) -> None:
         if not self.released:
             self.released = True
             self.admission.requests -= 1
-            self.admission.prompt_tokens -= self.prompt_tokens
+            self.admission.sequences -= self.sequences
+            self.admission.tokens -= self.tokens
 
 
 class Admission:
-    def __init__(self, max_requests: int, max_prompt_tokens: int) -> None:
-        self.max_requests, self.max_prompt_tokens = max_requests, max_prompt_tokens
-        self.requests = 0
-        self.prompt_tokens = 0
+    def __init__(self, max_requests: int, max_sequences: int, max_tokens: int) -> None:
+        self.max_requests, self.max_sequences = max_requests, max_sequences
+        self.max_tokens = max_tokens
+        self.requests = self.sequences = self.tokens = 0
 
-    def admit(self, prompt_tokens: int) -> Ticket:
+    def admit(self, sequences: int) -> Ticket:
+        """Hold a place for one request of ``sequences`` engine sequences; 429 if full."""
         if self.requests >= self.max_requests:
-            self._refuse(f"{self.requests} requests are in flight (limit {self.max_requests})")
-        if self.prompt_tokens + prompt_tokens > self.max_prompt_tokens:
-            self._refuse(
-                f"{self.prompt_tokens} prompt tokens are in flight and this request adds "
-                f"{prompt_tokens} (limit {self.max_prompt_tokens})"
+            self.refuse(f"{self.requests} requests are in flight (limit {self.max_requests})")
+        if self.sequences + sequences > self.max_sequences:
+            self.refuse(
+                f"{self.sequences} sequences are in flight and this request adds {sequences} "
+                f"(limit {self.max_sequences})"
             )
         self.requests += 1
-        self.prompt_tokens += prompt_tokens
-        return Ticket(self, prompt_tokens)
+        self.sequences += sequences
+        return Ticket(self, sequences)
 
-    def _refuse(self, reason: str) -> None:
+    def refuse(self, reason: str) -> None:
         raise APIError(
             429,
             f"server busy: {reason}; retry later",

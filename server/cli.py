@@ -1,6 +1,7 @@
 """``resonance-serve``: load settings, start the engine, serve HTTP until stopped."""
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -29,7 +30,10 @@ def _startup_message(error: Exception) -> str:
         field = ".".join(str(part) for part in first["loc"])
         return f"{field}: {message}" if field else message
     lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+    message = lines[0] if lines else type(error).__name__
+    if "kv cache" in message.lower() or "memory" in message.lower():
+        message += " (set --cpu-kv-cache-space-gib on the CPU build, or lower --max-model-len)"
+    return message
 
 
 def _banner(settings: Settings, engine) -> str:
@@ -51,9 +55,10 @@ def _banner(settings: Settings, engine) -> str:
 class DrainingServer(uvicorn.Server):
     """uvicorn, with SIGTERM draining in-flight requests first and a watch on the engine.
 
-    On SIGTERM new requests get 503 (and /health fails) while those in flight finish, up to
-    ``drain_timeout`` seconds; then the server exits 0. If the engine dies, it exits 1 so that
-    an orchestrator restarts it. A second signal, or SIGINT, stops at once as uvicorn does.
+    On SIGTERM or SIGINT (Ctrl-C) new requests get 503 (and /health fails) while those in
+    flight finish, up to ``drain_timeout`` seconds; then the server exits 0. The engine
+    processes ignore both signals meanwhile (`server.engine_signals`). If the engine dies, the
+    server exits 1 so that an orchestrator restarts it. A second signal stops at once.
     """
 
     def __init__(self, config: uvicorn.Config, state, engine, drain_timeout: float) -> None:
@@ -63,8 +68,9 @@ class DrainingServer(uvicorn.Server):
         self.exit_code = 0
 
     def handle_exit(self, sig: int, frame) -> None:
-        if sig == signal.SIGTERM and self.drain_started is None:
-            logger.info("SIGTERM: draining %d requests", self.state.active_requests)
+        if sig in (signal.SIGTERM, signal.SIGINT) and self.drain_started is None:
+            name = signal.Signals(sig).name
+            logger.info("%s: draining %d requests", name, self.state.active_requests)
             self.state.draining = True
             self.drain_started = time.monotonic()
             return
@@ -85,17 +91,29 @@ class DrainingServer(uvicorn.Server):
 
 async def serve(settings: Settings) -> int:
     from server.app import create_app
+    from server.connections import guarded_protocol
     from server.engine import Engine
-    from server.middleware import ServerState
+    from server.middleware import ServerState, key_digest
 
-    state = ServerState(api_keys=[key.encode() for key in settings.accepted_api_keys()])
+    state = ServerState(api_keys=[key_digest(key) for key in settings.accepted_api_keys()])
     engine = Engine(settings)
     try:
         app = create_app(engine, settings, state)
+        protocol = guarded_protocol(
+            settings.header_timeout, settings.body_timeout, settings.max_connections
+        )
         config = uvicorn.Config(
-            app, host=settings.host, port=settings.port, log_level=settings.log_level
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            http=protocol,
         )
         server = DrainingServer(config, state, engine, settings.drain_timeout)
+        # Millions of objects of the loaded libraries would make every full garbage
+        # collection stall the event loop for a second or more: exempt them from it.
+        gc.collect()
+        gc.freeze()
         print(_banner(settings, engine), flush=True)
         await server.serve()
         return server.exit_code

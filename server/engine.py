@@ -1,17 +1,26 @@
 """vLLM's async engine for one served model, and what the front end needs to know of it."""
 
+import contextlib
 import logging
+import math
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import psutil
+
+from server import engine_signals
+from server.demo import DEMO_NAME, demo_checkpoint
 from server.metrics import Metrics
 from server.settings import Settings, rope_override
-from server.tiny_checkpoint import DEMO_NAME, demo_checkpoint
 
 logger = logging.getLogger(__name__)
-DEMO_CPU_KV_CACHE_GIB = 2.0
+# The CPU build's KV cache, when not set: room for this many sequences at the served length
+# (or --max-num-seqs), within this share of the machine's memory and at least 1 GiB.
+KV_CACHE_SEQUENCES, KV_CACHE_MEMORY_SHARE = 8, 0.25
+OUTPUT_SLICE_SEQUENCES = 1
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 @dataclass(frozen=True)
@@ -22,20 +31,36 @@ class ModelInfo:
     rope: dict[str, Any]  # the effective rope_parameters of the served model
 
 
-def _checkpoint_rope(model: str) -> tuple[dict[str, Any], int]:
-    """The checkpoint's own rope_parameters and max_position_embeddings."""
+def _checkpoint_config(model: str) -> Any:
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(model)
+    return AutoConfig.from_pretrained(model)
+
+
+def _checkpoint_rope(config: Any) -> tuple[dict[str, Any], int]:
+    """The checkpoint's own rope_parameters and max_position_embeddings."""
     rope = dict(getattr(config, "rope_parameters", None) or {})
     return rope, int(config.max_position_embeddings)
 
 
-def engine_args(settings: Settings, model: str) -> Any:
+def kv_cache_gib(settings: Settings, config: Any, max_model_len: int, dtype: str) -> int:
+    """A KV cache for the served context, not vLLM's CPU default of most of the machine."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    if dtype == "auto":
+        dtype = str(getattr(config, "dtype", None) or "bfloat16").removeprefix("torch.")
+    per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * _DTYPE_BYTES.get(dtype, 4)
+    sequences = settings.max_num_seqs or KV_CACHE_SEQUENCES
+    needed = math.ceil(sequences * max_model_len * per_token / 2**30)
+    cap = int(psutil.virtual_memory().total * KV_CACHE_MEMORY_SHARE / 2**30)
+    return max(1, min(needed, cap))
+
+
+def engine_args(settings: Settings, model: str, config: Any) -> Any:
     """vLLM's engine arguments for these settings (raises ValueError on a bad combination)."""
     from vllm.engine.arg_utils import AsyncEngineArgs
 
-    override = rope_override(settings, *_checkpoint_rope(model))
+    override = rope_override(settings, *_checkpoint_rope(config))
     overrides: dict[str, Any] = {}
     max_model_len = settings.max_model_len
     if override is not None:
@@ -53,7 +78,7 @@ def engine_args(settings: Settings, model: str) -> Any:
     return AsyncEngineArgs(
         model=model,
         served_model_name=settings.served_model_name or (DEMO_NAME if settings.is_demo else None),
-        dtype="float32" if settings.is_demo and settings.dtype == "auto" else settings.dtype,
+        dtype=served_dtype(settings),
         tensor_parallel_size=settings.tensor_parallel_size,
         pipeline_parallel_size=settings.pipeline_parallel_size,
         gpu_memory_utilization=settings.gpu_memory_utilization,
@@ -66,6 +91,10 @@ def engine_args(settings: Settings, model: str) -> Any:
     )
 
 
+def served_dtype(settings: Settings) -> str:
+    return "float32" if settings.is_demo and settings.dtype == "auto" else settings.dtype
+
+
 class Engine:
     """One `AsyncLLM` and the facts about its model that requests are checked against."""
 
@@ -75,13 +104,16 @@ class Engine:
         import rope_plugins
 
         rope_plugins.register()
-        kv_cache_gib = settings.cpu_kv_cache_space_gib
-        if kv_cache_gib is None and settings.is_demo and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
-            kv_cache_gib = DEMO_CPU_KV_CACHE_GIB  # not vLLM's default of 90% of the machine
-        if kv_cache_gib is not None:
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{kv_cache_gib:g}"
         model = str(demo_checkpoint(settings.cache_dir)) if settings.is_demo else settings.model
-        vllm_config = engine_args(settings, model).create_engine_config()
+        config = _checkpoint_config(model)
+        args = engine_args(settings, model, config)
+        self._size_cpu_kv_cache(settings, config, args)
+        os.environ[engine_signals.ENV] = "1"  # the engine outlives group signals until drained
+        # vLLM turns engine outputs into request outputs on the front end's event loop and
+        # yields between slices of this many sequences: with many log-probabilities per token
+        # a slice of 128 holds the loop (and /health) for a second; one at a time keeps it free.
+        os.environ.setdefault("VLLM_V1_OUTPUT_PROC_CHUNK_SIZE", str(OUTPUT_SLICE_SEQUENCES))
+        vllm_config = args.create_engine_config()
         model_config = vllm_config.model_config
         self.info = ModelInfo(
             name=model_config.served_model_name,
@@ -106,6 +138,19 @@ class Engine:
             self.info.rope,
         )
 
+    @staticmethod
+    def _size_cpu_kv_cache(settings: Settings, config: Any, args: Any) -> None:
+        """VLLM_CPU_KVCACHE_SPACE (GiB, read by the CPU build only) from the settings or sized."""
+        if settings.cpu_kv_cache_space_gib is not None:
+            gib = math.ceil(settings.cpu_kv_cache_space_gib)
+        elif "VLLM_CPU_KVCACHE_SPACE" in os.environ:
+            return
+        else:
+            served = args.max_model_len or int(config.max_position_embeddings)
+            gib = kv_cache_gib(settings, config, served, served_dtype(settings))
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(gib)
+        logger.info("KV cache of the CPU build: %d GiB (--cpu-kv-cache-space-gib)", gib)
+
     @property
     def alive(self) -> bool:
         return not self.llm.errored
@@ -120,4 +165,13 @@ class Engine:
         await self.llm.check_health()
 
     def shutdown(self) -> None:
+        """Let the engine processes take vLLM's shutdown signal again, then stop them."""
+        try:
+            children = psutil.Process().children(recursive=True)
+        except psutil.Error:
+            children = []
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                if engine_signals.is_engine_process(child):
+                    child.send_signal(engine_signals.RELEASE)
         self.llm.shutdown()

@@ -13,10 +13,15 @@ _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     404: "not_found_error",
+    408: "timeout_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
     503: "service_unavailable",
+    504: "timeout_error",
 }
+# The openai clients (Python, Node) read this header before the status: "false" means
+# do not retry, whatever the status.
+NO_RETRY = {"x-should-retry": "false"}
 
 
 class APIError(Exception):
@@ -35,6 +40,25 @@ class APIError(Exception):
         self.headers = headers
 
 
+def as_api_error(error: BaseException) -> APIError:
+    """Any failure of a request as what its client is told, kept apart by whose fault it is.
+
+    The client's (its input: 4xx), the engine's (503, ``engine_error``) or this server's own
+    bug (500, ``internal_error``). The last two are logged with their traceback.
+    """
+    from vllm.exceptions import VLLMClientError, VLLMServerError
+
+    if isinstance(error, APIError):
+        return error
+    if isinstance(error, VLLMClientError | ValueError):  # vLLM refused the request's values
+        return APIError(400, str(error).strip().splitlines()[0] if str(error) else "bad request")
+    if isinstance(error, VLLMServerError):
+        logger.error("the engine failed", exc_info=error)
+        return APIError(503, "the engine failed while serving this request", code="engine_error")
+    logger.error("unexpected error while serving a request", exc_info=error)
+    return APIError(500, "internal server error", code="internal_error")
+
+
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None):
     error_type = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
@@ -45,11 +69,19 @@ def error_response(error: APIError) -> JSONResponse:
     return JSONResponse(body, status_code=error.status, headers=error.headers)
 
 
+_NOT_FIELDS = {"body", "str", "int", "float", "bool", "list", "dict", "none"}
+
+
 def _validation_message(error: RequestValidationError) -> tuple[str, str | None]:
     first = error.errors()[0]
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    # Union members and validator names appear in pydantic's location: keep the field path.
+    location = [
+        str(part)
+        for part in first.get("loc", ())
+        if isinstance(part, int) or (str(part).isidentifier() and part not in _NOT_FIELDS)
+    ]
     param = ".".join(location) or None
-    message = first.get("msg", "invalid request")
+    message = first.get("msg", "invalid request").removeprefix("Value error, ")
     if first.get("type") == "json_invalid":
         return "request body is not valid JSON", None
     if first.get("type") == "missing" and param:
@@ -77,5 +109,4 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, error: Exception) -> JSONResponse:
-        logger.exception("unhandled error")
-        return JSONResponse(error_body(500, "internal server error"), status_code=500)
+        return error_response(as_api_error(error))

@@ -3,6 +3,7 @@
 One pure ASGI middleware (no per-chunk work on streamed responses beyond reading the status).
 """
 
+import hashlib
 import hmac
 import json
 from collections.abc import Callable
@@ -28,9 +29,13 @@ PROBES = ("/health", "/metrics")
 
 
 def _protected(path: str, probes_too: bool) -> bool:
-    if path.startswith("/v1/") or path in ("/tokenize", "/detokenize"):
-        return True
-    return probes_too and path in PROBES
+    """With keys set, everything but the probes (and with ``probes_too``, those as well)."""
+    return probes_too or path not in PROBES
+
+
+def key_digest(key: str | bytes) -> bytes:
+    """Keys are compared as fixed-length digests, so timing tells nothing of their length."""
+    return hashlib.sha256(key.encode() if isinstance(key, str) else key).digest()
 
 
 @dataclass
@@ -39,10 +44,16 @@ class ServerState:
 
     draining: bool = False
     active_requests: int = 0
-    api_keys: list[bytes] = field(default_factory=list)
+    api_keys: list[bytes] = field(default_factory=list)  # digests (`key_digest`)
 
 
 CLEANUP_KEY = "resonance.cleanup"
+STATUS_KEY = "resonance.status"
+
+
+def record_status(scope: Scope, status: int) -> None:
+    """The outcome of a stream whose HTTP status (200) was sent before it failed."""
+    scope[STATUS_KEY] = status
 
 
 def release_at_end(scope: Scope, callback: Callable[[], None]) -> None:
@@ -94,6 +105,7 @@ class Gatekeeper:
                 callback()
             self.state.active_requests -= 1
             endpoint = path if path in ENDPOINTS else "other"
+            status = scope.get(STATUS_KEY, status)
             self.counter.labels(endpoint=endpoint, status=str(status)).inc()
 
     def _refusal(self, scope: Scope) -> tuple[int, str, dict[str, str]] | None:
@@ -114,7 +126,8 @@ class Gatekeeper:
         if scheme.lower() != b"bearer":
             return False
         # Compare with every key, in constant time each, whatever matches.
-        matches = [hmac.compare_digest(token.strip(), key) for key in self.state.api_keys]
+        digest = key_digest(token.strip())
+        matches = [hmac.compare_digest(digest, key) for key in self.state.api_keys]
         return any(matches)
 
     def _limited(self, receive: Receive) -> Receive:

@@ -19,24 +19,10 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from rope_plugins import validate_rope_parameters
+from rope_plugins import catalog, validate_rope_parameters
+from rope_plugins.catalog import SERVABLE_TYPES
 
-RopeType = Literal[
-    "none",
-    "linear",
-    "dynamic",
-    "ntk",
-    "yarn",
-    "llama3",
-    "resonance",
-    "resonance_yarn",
-    "resonance_linear",
-    "resonance_dynamic",
-    "resonance_ntk",
-    "resonance_llama3",
-]
-# Types whose max_position_embeddings counts the extension (HF's and vLLM's convention).
-EXTENDED_TYPES = frozenset({"yarn", "llama3", "resonance_yarn", "resonance_llama3"})
+RopeType = Literal[SERVABLE_TYPES]  # type: ignore[valid-type]
 DEMO_ROPE_TYPE, DEMO_FACTOR = "resonance_yarn", 4.0
 
 
@@ -110,17 +96,32 @@ class Settings(BaseSettings):
     max_concurrent_requests: int = Field(
         256, ge=1, description="Generation requests in flight; more get 429"
     )
-    max_queued_prompt_tokens: int | None = Field(
+    max_concurrent_sequences: int = Field(
+        1024, ge=1, description="Engine sequences (n x prompts) in flight; more get 429"
+    )
+    max_queued_tokens: int | None = Field(
         None,
         ge=1,
-        description="Prompt tokens in flight; more get 429 (default: 16 x max_model_len)",
+        description="Tokens in flight, prompt plus most output of every sequence; more get 429 "
+        "(default: 16 x max_model_len)",
     )
+    max_prompts_per_request: int = Field(32, ge=1, description="Prompts in one request")
+    max_sequences_per_request: int = Field(64, ge=1, description="n x prompts in one request")
     max_request_body_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, description="Largest request body; larger get 413"
     )
     max_n: int = Field(16, ge=1, description="Largest n (choices per prompt)")
     request_timeout: float | None = Field(
-        600.0, gt=0, description="Seconds a request may take before it is aborted (408)"
+        600.0, gt=0, description="Seconds a request may take before it is aborted (504)"
+    )
+    header_timeout: float = Field(
+        10.0, gt=0, description="Seconds a connection has to send a request's headers"
+    )
+    body_timeout: float = Field(
+        30.0, gt=0, description="Seconds a request has to send its whole body"
+    )
+    max_connections: int = Field(
+        1024, ge=1, description="Open connections; more are closed at once"
     )
     drain_timeout: float = Field(
         30.0, ge=0, description="Seconds in-flight requests get to finish after SIGTERM"
@@ -132,6 +133,18 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
+
+    @field_validator("model")
+    @classmethod
+    def _local_model_exists(cls, value: str | None) -> str | None:
+        """A path (not a hub id of the form org/name) must exist: say so, not what the hub says."""
+        if value is None:
+            return value
+        path = Path(value).expanduser()
+        looks_local = value.startswith(("/", ".", "~")) or value.count("/") > 1
+        if looks_local and not path.exists():
+            raise ValueError(f"no such file or directory: {value}")
+        return str(path) if looks_local else value
 
     def accepted_api_keys(self) -> list[str]:
         """The keys from the settings and from ``api_key_file`` (blank lines and # skipped)."""
@@ -162,9 +175,16 @@ class Settings(BaseSettings):
                 f"yarn_beta_fast ({self.yarn_beta_fast}) must be greater than "
                 f"yarn_beta_slow ({self.yarn_beta_slow})"
             )
-        scaled = self.effective_rope_type not in (None, "none", "resonance")
-        if scaled and self.effective_factor is None:
-            raise ValueError(f"rope_factor is required for rope_type {self.rope_type!r}")
+        rope_type = self.effective_rope_type
+        if rope_type is None:
+            return self
+        if catalog.takes_factor(rope_type) and self.effective_factor is None:
+            raise ValueError(f"rope_factor is required for rope_type {rope_type!r}")
+        if not catalog.takes_factor(rope_type) and self.rope_factor is not None:
+            raise ValueError(
+                f"rope_type {rope_type!r} extends nothing and takes no rope_factor; "
+                "for a longer context use a scaled type such as resonance_yarn"
+            )
         return self
 
     @property
@@ -236,40 +256,35 @@ def rope_override(
 ) -> RopeOverride | None:
     """None when the settings leave the checkpoint's own RoPE as it is.
 
+    The checkpoint's other rope_parameters keys (partial_rotary_factor, ...) are kept.
     Raises ValueError (one line, naming the setting) on a combination that cannot be served.
     """
     rope_type = settings.effective_rope_type
     if rope_type is None:
         return None
-    theta = checkpoint_rope.get("rope_theta") or 10000.0
     original = settings.original_max_position_embeddings or checkpoint_max_positions
-    if rope_type == "none":
-        params: dict[str, Any] = {"rope_type": "default", "rope_theta": theta}
-        factor = 1.0
-    else:
-        params = {"rope_type": rope_type, "rope_theta": theta}
-        factor = settings.effective_factor or 1.0
-    if rope_type not in ("none", "resonance"):
-        params |= {"factor": factor, "original_max_position_embeddings": original}
-    if rope_type.endswith("yarn"):
-        params |= {"beta_fast": settings.yarn_beta_fast, "beta_slow": settings.yarn_beta_slow}
-    if rope_type.endswith("llama3"):
-        params |= {
-            "low_freq_factor": settings.llama3_low_freq_factor,
-            "high_freq_factor": settings.llama3_high_freq_factor,
-        }
-    if rope_type.startswith("resonance"):
+    factor = settings.effective_factor or 1.0
+    params = catalog.scaled_rope_parameters(
+        checkpoint_rope,
+        rope_type,
+        factor,
+        original,
+        beta_fast=settings.yarn_beta_fast,
+        beta_slow=settings.yarn_beta_slow,
+        low_freq_factor=settings.llama3_low_freq_factor,
+        high_freq_factor=settings.llama3_high_freq_factor,
+    )
+    if rope_type in catalog.RESONANCE_TYPES:
         validate_rope_parameters(params)
-    served = int(original * factor)
+    served = catalog.served_length(rope_type, factor, original)
     if settings.max_model_len is not None and settings.max_model_len > served:
         raise ValueError(
-            f"max_model_len ({settings.max_model_len}) is longer than rope_factor x "
-            f"original_max_position_embeddings ({factor:g} x {original} = {served})"
+            f"max_model_len ({settings.max_model_len}) is longer than the served context "
+            f"({served} tokens: rope_factor {factor:g} x original_max_position_embeddings "
+            f"{original})"
         )
-    # YaRN and llama3 read max_position_embeddings as the extended length; the others scale
-    # the original one by the factor themselves.
     return RopeOverride(
         rope_parameters=params,
-        max_position_embeddings=served if rope_type in EXTENDED_TYPES else original,
+        max_position_embeddings=catalog.config_max_position_embeddings(rope_type, factor, original),
         max_model_len=settings.max_model_len or served,
     )

@@ -7,8 +7,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from benchmarks.servers import RunningServer, free_port, stop_server
-from benchmarks.servers import start_server as start_process
+from harness.servers import RunningServer, free_port, stop_server
+from harness.servers import start_server as start_process
 
 # Before vLLM is imported anywhere: a small KV cache, and functions sent to the worker by
 # `LLM.apply_model` (used to read the cos/sin table out of the loaded model).
@@ -21,8 +21,8 @@ FACTOR = 4
 SERVED_CONTEXT = ORIGINAL_CONTEXT * FACTOR
 MODEL_NAME = "tiny-llama2-chat"
 API_KEY = "test-key-1"
-# Admission limits of the session server: two prompts of 3x the original context at once.
-MAX_CONCURRENT, MAX_QUEUED_PROMPT_TOKENS = 32, 2048
+# Admission limits of the session server (requests, sequences, tokens in flight).
+MAX_CONCURRENT, MAX_SEQUENCES, MAX_QUEUED_TOKENS = 32, 64, 16 * SERVED_CONTEXT
 RESONANCE_YARN = {
     "rope_type": "resonance_yarn",
     "rope_theta": 10000.0,
@@ -34,7 +34,7 @@ RESONANCE_YARN = {
 @pytest.fixture(scope="session")
 def resonance_checkpoint(tmp_path_factory) -> Path:
     """A checkpoint whose config.json says resonance_yarn, in the HF YaRN convention."""
-    from server.tiny_checkpoint import build_tiny_checkpoint
+    from checkpoints.tiny import build_tiny_checkpoint
 
     out = tmp_path_factory.mktemp("resonance_yarn")
     return build_tiny_checkpoint(out, RESONANCE_YARN, max_position_embeddings=SERVED_CONTEXT)
@@ -43,7 +43,7 @@ def resonance_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def plain_checkpoint(tmp_path_factory) -> Path:
     """The same weights with plain RoPE and the original context in config.json."""
-    from server.tiny_checkpoint import build_tiny_checkpoint
+    from checkpoints.tiny import build_tiny_checkpoint
 
     out = tmp_path_factory.mktemp("plain")
     return build_tiny_checkpoint(out, max_position_embeddings=ORIGINAL_CONTEXT)
@@ -86,7 +86,8 @@ def server(plain_checkpoint, tmp_path_factory):
             "--api-key", API_KEY,
             "--api-key", "test-key-2",
             "--max-concurrent-requests", str(MAX_CONCURRENT),
-            "--max-queued-prompt-tokens", str(MAX_QUEUED_PROMPT_TOKENS),
+            "--max-concurrent-sequences", str(MAX_SEQUENCES),
+            "--max-queued-tokens", str(MAX_QUEUED_TOKENS),
             "--request-timeout", "120",
         ],
         tmp_path_factory.mktemp("server") / "server.log",

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from rope_plugins import frequencies as f
-from rope_plugins.resonance import resonance_rope, served_max_positions
+from rope_plugins.catalog import served_max_positions
+from rope_plugins.resonance import resonance_rope
 from tests import reference as ref
 
 HEAD_SIZES = (64, 128)
@@ -97,19 +98,30 @@ def test_resonance_yarn_with_factor_one_is_resonance(dim, base, original):
 
 @pytest.mark.parametrize(("dim", "factor"), [(128, 4), (128, 8), (64, 16)])
 def test_pre_critical_features_repeat_with_their_wavelength(dim, factor):
-    """Theorem 1: a pre-critical pair's feature at n equals its feature at n + k * wavelength."""
+    """Theorem 1, from the frequencies alone: a pre-critical pair's feature at n equals its
+    feature at n mod wavelength (angles in float64 as t * theta, not as the table builds them)."""
     original = 4096
     rope = resonance_rope(yarn_params(1e4, factor, original), dim, original * factor)
-    table = rope.cos_sin_table().numpy()
-    half = dim // 2
-    pre_critical = np.flatnonzero(rope.wavelengths.numpy() < original)
+    inv_freq = rope.inv_freq.numpy()
+    pre_critical = np.flatnonzero(2 * np.pi / inv_freq < original)
     assert len(pre_critical) > 0
     far = np.arange(original * factor - 2000, original * factor)  # far beyond training length
     for pair in pre_critical:
-        wavelength = int(rope.wavelengths[pair])
+        wavelength = round(2 * np.pi / inv_freq[pair])
+        np.testing.assert_allclose(2 * np.pi / inv_freq[pair], wavelength, rtol=0, atol=1e-9)
         seen = far % wavelength  # a position inside the training length
-        for column in (pair, pair + half):
-            np.testing.assert_array_equal(table[far, column], table[seen, column])
+        at_far = ref.cos_sin(inv_freq[pair : pair + 1], far)
+        at_seen = ref.cos_sin(inv_freq[pair : pair + 1], seen)
+        np.testing.assert_allclose(at_far, at_seen, rtol=0, atol=1e-9)
+
+
+def test_table_repeats_bit_for_bit():
+    rope = resonance_rope(yarn_params(1e4, 8, 4096), 128, 4096 * 8)
+    table = rope.cos_sin_table().float().numpy()
+    for pair in np.flatnonzero(rope.wavelengths.numpy() < 4096)[:8]:
+        wavelength = int(rope.wavelengths[pair])
+        far = np.arange(30000, 32768)
+        np.testing.assert_array_equal(table[far, pair], table[far % wavelength, pair])
 
 
 def test_table_matches_float64_reference_to_float32_precision():
@@ -123,6 +135,18 @@ def test_table_matches_float64_reference_to_float32_precision():
     np.testing.assert_allclose(
         rope.cos_sin_table().float().numpy(), expected, atol=2 * mscale * 2**-24, rtol=0
     )
+
+
+def test_dynamic_is_served_as_dynamic_ntk_at_the_served_length():
+    """A static table (vLLM's) is the one dynamic NTK gives a sequence of the served length."""
+    rope = resonance_rope({"rope_type": "resonance_dynamic", "factor": 4.0}, 128, 2048)
+    assert rope.max_positions == 8192
+    base = 1e4 * (4 * 8192 / 2048 - 3) ** (128 / 126)
+    np.testing.assert_allclose(rope.inv_freq.numpy(), ref.resonance(ref.rope(128, base)), rtol=1e-12)
+    trained = {"rope_type": "resonance_dynamic", "factor": 2.0, "max_trained_positions": 1024}
+    rope = resonance_rope(trained, 64, 2048)
+    base = 1e4 * (2 * 4096 / 1024 - 1) ** (64 / 62)
+    np.testing.assert_allclose(rope.inv_freq.numpy(), ref.resonance(ref.rope(64, base)), rtol=1e-12)
 
 
 def test_dynamic_grows_the_base_with_the_sequence_length():

@@ -57,10 +57,36 @@ def test_no_rope_settings_leave_the_checkpoint_alone():
     assert (plain.max_position_embeddings, plain.max_model_len) == (4096, 4096)
 
 
+def test_rope_override_keeps_the_checkpoints_other_keys():
+    checkpoint = {
+        "rope_type": "yarn",
+        "rope_theta": 1e6,
+        "partial_rotary_factor": 0.5,
+        "factor": 2.0,
+        "beta_fast": 8,
+        "original_max_position_embeddings": 2048,
+    }
+    override = rope_override(
+        Settings(model="m", rope_type="resonance_linear", rope_factor=4), checkpoint, 4096
+    )
+    params = override.rope_parameters
+    assert params["partial_rotary_factor"] == 0.5 and params["rope_theta"] == 1e6
+    assert params["rope_type"] == "resonance_linear" and params["factor"] == 4
+    assert "beta_fast" not in params  # YaRN's parameter does not belong to linear scaling
+    plain = rope_override(Settings(model="m", rope_type="none"), checkpoint, 4096)
+    assert plain.rope_parameters == {
+        "rope_type": "default",
+        "rope_theta": 1e6,
+        "partial_rotary_factor": 0.5,
+    }
+
+
 def test_max_model_len_beyond_factor_times_original_is_refused():
     settings = Settings(model="m", rope_type="resonance_yarn", rope_factor=2, max_model_len=9000)
     with pytest.raises(
-        ValueError, match=r"max_model_len \(9000\) is longer than .* \(2 x 4096 = 8192\)"
+        ValueError,
+        match=r"max_model_len \(9000\) is longer than the served context \(8192 tokens: "
+        r"rope_factor 2 x original_max_position_embeddings 4096\)",
     ):
         rope_override(settings, {}, 4096)
 
@@ -83,6 +109,10 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
         (["--rope-type", "resonance_bogus"], "'resonance_llama3' (got 'resonance_bogus')"),
         (["--config", "/nonexistent/settings.yaml"], "config file /nonexistent/settings.yaml"),
         (["--port", "http"], "--port: Input should be a valid integer"),
+        (["--model", "x", "--rope-type", "resonance", "--rope-factor", "4"], "takes no rope_factor"),
+        (["--model", "x", "--rope-type", "none", "--rope-factor", "2"], "takes no rope_factor"),
+        (["--model", "/no/such/checkpoint"], "no such file or directory: /no/such/checkpoint"),
+        (["--model", "./missing-dir"], "no such file or directory: ./missing-dir"),
     ],
 )
 def test_bad_settings_stop_start_up_with_one_line(args, message):
@@ -100,4 +130,4 @@ def test_refused_combination_is_one_line_before_the_engine_starts(plain_checkpoi
     )  # fmt: skip
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].endswith("(2 x 256 = 512)")
+    assert result.stderr.strip().splitlines()[-1].endswith("original_max_position_embeddings 256)")

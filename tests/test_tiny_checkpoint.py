@@ -3,7 +3,8 @@
 import hashlib
 import json
 
-from server.tiny_checkpoint import build_tiny_checkpoint, demo_checkpoint
+from checkpoints.tiny import build_tiny_checkpoint
+from server.demo import demo_checkpoint
 
 
 def digest(directory) -> dict[str, str]:

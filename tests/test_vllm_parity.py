@@ -116,3 +116,32 @@ def test_registering_twice_changes_nothing():
     rope_plugins.register()
     assert rotary_embedding.get_rope is before
     assert rotary_embedding.get_rope.__wrapped__.__module__.startswith("vllm")
+
+
+def fake_get_rope(head_size, max_position, is_neox_style=True, rope_parameters=None, dtype=None,
+                  renamed_option=None):  # fmt: skip
+    """vLLM's get_rope as a future version might spell it: an option renamed."""
+    return ("vllm", renamed_option)
+
+
+def test_other_types_reach_vllm_untouched_whatever_its_other_parameters():
+    from rope_plugins.vllm_hooks import _wrap_get_rope
+
+    wrapped = _wrap_get_rope(fake_get_rope)
+    params = {"rope_type": "yarn", "factor": 2.0}
+    assert wrapped(128, 4096, True, params, renamed_option=7) == ("vllm", 7)
+    assert wrapped(128, 4096, rope_parameters=None, renamed_option=8) == ("vllm", 8)
+    ours = wrapped(HEAD, ORIGINAL, True, {"rope_type": "resonance", "rope_theta": BASE})
+    assert isinstance(ours, ResonanceRotaryEmbedding)
+
+
+def test_a_get_rope_without_the_parameters_read_fails_at_register_naming_vllm():
+    import vllm
+
+    from rope_plugins.vllm_hooks import _wrap_get_rope
+
+    def renamed(head_size, max_position, is_neox_style=True, rope_config=None, dtype=None):
+        return None
+
+    with pytest.raises(RuntimeError, match=rf"vLLM {vllm.__version__} .*rope_parameters"):
+        _wrap_get_rope(renamed)

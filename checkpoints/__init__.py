@@ -1,0 +1,1 @@
+"""Model checkpoints made here, without downloads: the tiny random test model, and more."""

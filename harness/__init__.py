@@ -1,0 +1,1 @@
+"""Process control shared by the benchmarks and the tests: start a server, wait, stop it."""

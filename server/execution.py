@@ -1,0 +1,243 @@
+"""Shared by the generation endpoints: admit, prepare, run on the engine, answer or stream.
+
+An endpoint (`server.routes.completions`, `server.routes.chat`) says how its request becomes
+a `Job` and how engine outputs become its response; this module does the rest the same way
+for both: admission before tokenization, fan-out of one engine request per prompt, the
+request deadline (which also bounds a client that stops reading), aborts, and the one
+skeleton of a server-sent event stream with its error events.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Message, Receive, Scope, Send
+from vllm import SamplingParams
+from vllm.outputs import RequestOutput
+from vllm.utils.async_utils import merge_async_iterators
+
+from server import responses as r
+from server.admission import Admission, Ticket
+from server.engine import Engine
+from server.errors import NO_RETRY, APIError, as_api_error, error_body
+from server.middleware import record_status, release_at_end
+from server.prompts import Prompt
+from server.protocol import SamplingRequest
+
+logger = logging.getLogger(__name__)
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SEND_GRACE_SECONDS = 5.0
+
+
+@dataclass
+class Job:
+    """A validated request, ready for the engine: one engine request per prompt."""
+
+    kind: str  # "cmpl" or "chatcmpl"
+    prompts: list[Prompt]
+    params: SamplingParams
+    n: int
+    stream: bool
+    logprobs: int | None = None  # top-k per output token, or None
+    echo: bool = False
+    include_usage: bool = False
+    request_id: str = ""
+    created: int = field(default_factory=lambda: int(time.time()))
+    expired: bool = False  # the request passed its deadline and was aborted
+    echoed: set[int] = field(default_factory=set)  # streamed choices whose prompt was echoed
+
+    def __post_init__(self) -> None:
+        self.request_id = self.request_id or f"{self.kind}-{uuid.uuid4().hex}"
+
+    @property
+    def engine_ids(self) -> list[str]:
+        return [f"{self.request_id}-{i}" for i in range(len(self.prompts))]
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(len(p.token_ids) for p in self.prompts)
+
+    @property
+    def tokens(self) -> int:
+        """What admission counts: prompt plus the most output, for every sequence."""
+        return sum(self.n * (len(p.token_ids) + self.params.max_tokens) for p in self.prompts)
+
+
+class Endpoint(Protocol):
+    """What a generation endpoint supplies; the rest is `Executor.serve`."""
+
+    def prompt_count(self, request: Any) -> int: ...
+
+    async def prepare(self, request: Any) -> Job: ...
+
+    def whole(self, job: Job, outputs: list[RequestOutput]) -> dict[str, Any]: ...
+
+    def preamble(self, job: Job) -> dict[str, Any] | None: ...
+
+    def chunk(self, job: Job, prompt_index: int, output: RequestOutput) -> dict[str, Any]: ...
+
+
+class Executor:
+    def __init__(self, engine: Engine, admission: Admission, request_timeout: float | None):
+        self.engine, self.admission, self.request_timeout = engine, admission, request_timeout
+        self.model = engine.info.name
+        self._abort_tasks: set[asyncio.Task] = set()
+
+    def check_model(self, name: str | None) -> None:
+        if name is not None and name != self.model:
+            raise APIError(
+                404,
+                f"The model '{name}' does not exist; this server serves '{self.model}'",
+                param="model",
+                code="model_not_found",
+            )
+
+    async def serve(
+        self, endpoint: Endpoint, request: SamplingRequest, raw_request: Request
+    ) -> Response:
+        """Admit (before any tokenization), prepare, charge the tokens, run; 429 when full."""
+        self.check_model(request.model)
+        ticket = self.admission.admit(request.n * endpoint.prompt_count(request))
+        release_at_end(raw_request.scope, ticket.release)
+        job = await endpoint.prepare(request)
+        ticket.charge(job.tokens)
+        if job.stream:
+            return DeadlineStreamingResponse(
+                self._event_stream(endpoint, job, raw_request.scope),
+                deadline=self._deadline_at(),
+                on_expiry=lambda: self._expire(job),
+                media_type="text/event-stream",
+                headers=SSE_HEADERS,
+            )
+        return JSONResponse(endpoint.whole(job, await self._final_outputs(job, ticket)))
+
+    # ------------------------------------------------------------------ engine
+    def _streams(self, job: Job) -> AsyncIterator[tuple[int, RequestOutput]]:
+        generators = [
+            self.engine.generate(p.token_ids, job.params, engine_id)
+            for p, engine_id in zip(job.prompts, job.engine_ids, strict=True)
+        ]
+        return merge_async_iterators(*generators)
+
+    def _deadline_at(self) -> float | None:
+        if self.request_timeout is None:
+            return None
+        return asyncio.get_running_loop().time() + self.request_timeout
+
+    def _expire(self, job: Job) -> None:
+        """Abort the job's engine requests: the engine ends their streams with an abort."""
+        if job.expired:
+            return
+        job.expired = True
+        task = asyncio.get_running_loop().create_task(self.engine.abort(job.engine_ids))
+        self._abort_tasks.add(task)
+        task.add_done_callback(self._abort_tasks.discard)
+
+    @contextlib.contextmanager
+    def _deadline(self, job: Job) -> Iterator[None]:
+        if self.request_timeout is None:
+            yield
+            return
+        timer = asyncio.get_running_loop().call_later(self.request_timeout, self._expire, job)
+        try:
+            yield
+        finally:
+            timer.cancel()
+
+    def _timed_out(self) -> APIError:
+        return APIError(
+            504,
+            f"the request took longer than the server's {self.request_timeout:g} s limit "
+            "and was aborted",
+            code="request_timeout",
+            headers=NO_RETRY,
+        )
+
+    async def _final_outputs(self, job: Job, ticket: Ticket) -> list[RequestOutput]:
+        finals: list[RequestOutput | None] = [None] * len(job.prompts)
+        try:
+            with self._deadline(job):
+                async for i, output in self._streams(job):
+                    finals[i] = output
+        except Exception as error:  # (a client gone cancels this; vLLM then aborts its work)
+            raise as_api_error(error) from None
+        if job.expired:
+            raise self._timed_out()
+        return [f for f in finals if f is not None]
+
+    # ----------------------------------------------------------------- streams
+    async def _event_stream(self, endpoint: Endpoint, job: Job, scope: Scope):
+        """The one stream skeleton: preamble, chunks, usage, [DONE]; failures as an event."""
+        preamble = endpoint.preamble(job)
+        if preamble is not None:
+            yield r.sse(preamble)
+        generated = 0
+        try:
+            with self._deadline(job):
+                async for i, output in self._streams(job):
+                    if job.expired:
+                        raise self._timed_out()
+                    generated += sum(len(c.token_ids) for c in output.outputs)
+                    yield r.sse(endpoint.chunk(job, i, output))
+            if job.expired:
+                raise self._timed_out()
+        except Exception as error:
+            failure = as_api_error(error)
+            record_status(scope, failure.status)
+            yield r.sse(error_body(failure.status, failure.message, failure.param, failure.code))
+            return
+        if job.include_usage:
+            body = r.envelope(job.request_id, endpoint_object(job), self.model, job.created)
+            yield r.sse(body | {"choices": [], "usage": r.usage(job.prompt_tokens, generated)})
+        yield r.SSE_DONE
+
+
+def endpoint_object(job: Job) -> str:
+    return "text_completion" if job.kind == "cmpl" else "chat.completion.chunk"
+
+
+class DeadlineStreamingResponse(StreamingResponse):
+    """A stream that ends at the request's deadline even if the client stops reading.
+
+    A client that reads nothing makes every send wait; past the deadline the send is given
+    up, the engine work aborted and the connection closed, so the request's admission place
+    is freed whatever the client does.
+    """
+
+    def __init__(
+        self,
+        content: AsyncIterator[str],
+        deadline: float | None,
+        on_expiry: Callable[[], None],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(content, **kwargs)
+        self.deadline, self.on_expiry = deadline, on_expiry
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.deadline is None:
+            await super().__call__(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+
+        async def bounded_send(message: Message) -> None:
+            # A reading client still gets the error event sent at the deadline.
+            remaining = self.deadline - loop.time()
+            await _within(send(message), max(remaining, 0.0) + SEND_GRACE_SECONDS)
+
+        try:
+            await super().__call__(scope, receive, bounded_send)
+        except* TimeoutError:
+            self.on_expiry()
+            logger.warning("a streaming client read nothing until the deadline; closed")
+
+
+async def _within(operation: Awaitable[None], seconds: float) -> None:
+    await asyncio.wait_for(operation, seconds)

@@ -1,0 +1,1 @@
+"""The HTTP routes, one `APIRouter` per concern; `server.app` includes them all."""

@@ -1,0 +1,122 @@
+"""POST /v1/completions: from the request to the response, whole or streamed."""
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from vllm.entrypoints.serve.utils.api_utils import with_cancellation
+from vllm.outputs import CompletionOutput, RequestOutput
+
+from server import responses as r
+from server.execution import Job
+from server.prompts import Prompt
+from server.protocol import STREAM_RESPONSES, CompletionRequest, CompletionResponse
+from server.sampling import check_request, output_budget, sampling_params
+from server.services import Services, Shared
+
+router = APIRouter()
+
+
+class Completions:
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    def prompt_count(self, request: CompletionRequest) -> int:
+        prompt = request.prompt
+        if isinstance(prompt, str) or not prompt or isinstance(prompt[0], int):
+            return 1
+        return len(prompt)
+
+    async def prepare(self, request: CompletionRequest) -> Job:
+        check_request(request, self.prompt_count(request), self.s.limits)
+        prompts = await self._prompts(request.prompt)
+        max_tokens = output_budget(prompts, request.max_tokens, self.s.limits.max_model_len)
+        echoed = request.logprobs if request.echo and request.logprobs is not None else None
+        params = sampling_params(
+            request, self.s.engine.default_sampling, max_tokens, request.logprobs, echoed
+        )
+        options = request.stream_options
+        return Job(
+            kind="cmpl",
+            prompts=prompts,
+            params=params,
+            n=request.n,
+            stream=request.stream,
+            logprobs=request.logprobs,
+            echo=request.echo,
+            include_usage=bool(options and options.include_usage),
+        )
+
+    async def _prompts(self, prompt: Any) -> list[Prompt]:
+        tokenizer = self.s.prompts
+        if isinstance(prompt, str):
+            return [await tokenizer.text_prompt(prompt)]
+        if not prompt:
+            return [tokenizer.token_prompt([])]  # refused: empty
+        if isinstance(prompt[0], int):
+            return [tokenizer.token_prompt(prompt)]
+        if isinstance(prompt[0], str):
+            tokenizer.check_length(sum(len(p) for p in prompt), "prompt")
+            return [await tokenizer.text_prompt(p) for p in prompt]
+        return [tokenizer.token_prompt(p) for p in prompt]
+
+    def whole(self, job: Job, outputs: list[RequestOutput]) -> dict[str, Any]:
+        choices, generated = [], 0
+        for i, output in enumerate(outputs):
+            for completion in output.outputs:
+                generated += len(completion.token_ids)
+                choices.append(self._choice(job, i, output, completion, job.echo))
+        body = r.envelope(job.request_id, "text_completion", self.s.executor.model, job.created)
+        return body | {"choices": choices, "usage": r.usage(job.prompt_tokens, generated)}
+
+    def preamble(self, job: Job) -> None:
+        return None
+
+    def chunk(self, job: Job, prompt_index: int, output: RequestOutput) -> dict[str, Any]:
+        choices = []
+        for completion in output.outputs:
+            index = prompt_index * job.n + completion.index
+            echo = job.echo and index not in job.echoed  # in each choice's first chunk only
+            job.echoed.add(index)
+            choices.append(self._choice(job, prompt_index, output, completion, echo))
+        body = r.envelope(job.request_id, "text_completion", self.s.executor.model, job.created)
+        return body | {"choices": choices}
+
+    def _choice(
+        self,
+        job: Job,
+        prompt_index: int,
+        output: RequestOutput,
+        completion: CompletionOutput,
+        echo: bool,
+    ) -> dict[str, Any]:
+        prompt = job.prompts[prompt_index]
+        text, logprobs = completion.text, None
+        decode = self.s.prompts.decode_token
+        if job.logprobs is not None:
+            logprobs = r.completion_logprobs(
+                completion.token_ids, completion.logprobs, job.logprobs, decode
+            )
+        if echo:
+            if prompt.text is None:
+                prompt.text = self.s.prompts.decode(prompt.token_ids)
+            if logprobs is not None and output.prompt_logprobs is not None:
+                echoed = r.completion_logprobs(
+                    prompt.token_ids, output.prompt_logprobs, job.logprobs, decode
+                )
+                shifted = [o + len(prompt.text) for o in logprobs["text_offset"]]
+                logprobs = r.merge_completion_logprobs(echoed, logprobs | {"text_offset": shifted})
+            text = prompt.text + text
+        return {
+            "index": prompt_index * job.n + completion.index,
+            "text": text,
+            "logprobs": logprobs,
+            "finish_reason": completion.finish_reason,
+            "stop_reason": completion.stop_reason,
+        }
+
+
+@router.post("/v1/completions", response_model=CompletionResponse, responses=STREAM_RESPONSES)
+@with_cancellation
+async def completions(request: CompletionRequest, raw_request: Request, s: Shared) -> Response:
+    return await s.executor.serve(Completions(s), request, raw_request)

@@ -1,0 +1,38 @@
+"""POST /tokenize and /detokenize, as vLLM's server has them (used to build exact prompts).
+
+Tokenizing is admitted and bounded like a generation request's prompt: it is the same work.
+"""
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from server.errors import APIError
+from server.protocol import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+)
+from server.services import Shared
+
+router = APIRouter()
+
+
+@router.post("/tokenize", response_model=TokenizeResponse)
+async def tokenize(request: TokenizeRequest, s: Shared) -> JSONResponse:
+    s.executor.check_model(request.model)
+    ticket = s.executor.admission.admit(sequences=0)
+    try:
+        tokens = await s.prompts.encode(request.prompt, request.add_special_tokens)
+    finally:
+        ticket.release()
+    body = {"tokens": tokens, "count": len(tokens), "max_model_len": s.engine.info.max_model_len}
+    return JSONResponse(body)
+
+
+@router.post("/detokenize", response_model=DetokenizeResponse)
+async def detokenize(request: DetokenizeRequest, s: Shared) -> JSONResponse:
+    s.executor.check_model(request.model)
+    if request.tokens and max(request.tokens) >= s.prompts.vocab_size:
+        raise APIError(400, "token id outside the vocabulary", param="tokens")
+    return JSONResponse({"prompt": s.prompts.decode(request.tokens)})
