@@ -47,16 +47,21 @@ def start_server(
     command: Sequence[str],
     port: int,
     log: Path,
-    env: dict[str, str] | None = None,
+    env: dict[str, str | None] | None = None,
     timeout: float = 240,
 ) -> RunningServer:
-    """Start ``command`` (which must listen on ``port``) and wait until /health answers 200."""
+    """Start ``command`` (which must listen on ``port``) and wait until /health answers 200.
+
+    ``env`` adds to this process's environment; a value of None removes the variable.
+    """
+    environment = {**os.environ, **(env or {})}
+    environment = {key: value for key, value in environment.items() if value is not None}
     handle = log.open("w")
     process = subprocess.Popen(
         list(command),
         stdout=handle,
         stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
+        env=environment,
         start_new_session=True,  # its own process group: the engine's processes included
     )
     server = RunningServer(f"http://127.0.0.1:{port}", process, log)

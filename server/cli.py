@@ -30,10 +30,7 @@ def _startup_message(error: Exception) -> str:
         field = ".".join(str(part) for part in first["loc"])
         return f"{field}: {message}" if field else message
     lines = str(error).strip().splitlines()
-    message = lines[0] if lines else type(error).__name__
-    if "kv cache" in message.lower() or "memory" in message.lower():
-        message += " (set --cpu-kv-cache-space-gib on the CPU build, or lower --max-model-len)"
-    return message
+    return lines[0] if lines else type(error).__name__
 
 
 def _banner(settings: Settings, engine) -> str:
@@ -136,6 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         pass
     except (ValueError, OSError) as error:  # a setting the engine refused at start-up
+        sys.exit(f"resonance-serve: error: {_startup_message(error)}")
+    except RuntimeError as error:  # the engine's process failed; it logged why above
         sys.exit(f"resonance-serve: error: {_startup_message(error)}")
 
 

@@ -1,6 +1,5 @@
 """vLLM's async engine for one served model, and what the front end needs to know of it."""
 
-import contextlib
 import logging
 import math
 import os
@@ -43,13 +42,17 @@ def _checkpoint_rope(config: Any) -> tuple[dict[str, Any], int]:
     return rope, int(config.max_position_embeddings)
 
 
-def kv_cache_gib(settings: Settings, config: Any, max_model_len: int, dtype: str) -> int:
-    """A KV cache for the served context, not vLLM's CPU default of most of the machine."""
+def kv_bytes_per_token(config: Any, dtype: str) -> int:
+    """Keys and values of every layer for one token."""
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     if dtype == "auto":
         dtype = str(getattr(config, "dtype", None) or "bfloat16").removeprefix("torch.")
-    per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * _DTYPE_BYTES.get(dtype, 4)
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * _DTYPE_BYTES.get(dtype, 4)
+
+
+def kv_cache_gib(settings: Settings, per_token: int, max_model_len: int) -> int:
+    """A KV cache for the served context, not vLLM's CPU default of most of the machine."""
     sequences = settings.max_num_seqs or KV_CACHE_SEQUENCES
     needed = math.ceil(sequences * max_model_len * per_token / 2**30)
     cap = int(psutil.virtual_memory().total * KV_CACHE_MEMORY_SHARE / 2**30)
@@ -108,7 +111,7 @@ class Engine:
         config = _checkpoint_config(model)
         args = engine_args(settings, model, config)
         self._size_cpu_kv_cache(settings, config, args)
-        os.environ[engine_signals.ENV] = "1"  # the engine outlives group signals until drained
+        os.environ[engine_signals.ENV] = str(os.getpid())  # the engine's own process group
         # vLLM turns engine outputs into request outputs on the front end's event loop and
         # yields between slices of this many sequences: with many log-probabilities per token
         # a slice of 128 holds the loop (and /health) for a second; one at a time keeps it free.
@@ -140,14 +143,30 @@ class Engine:
 
     @staticmethod
     def _size_cpu_kv_cache(settings: Settings, config: Any, args: Any) -> None:
-        """VLLM_CPU_KVCACHE_SPACE (GiB, read by the CPU build only) from the settings or sized."""
+        """VLLM_CPU_KVCACHE_SPACE (GiB, read by the CPU build only): as set, or sized here.
+
+        A cache that cannot hold one sequence of the served length is refused before the
+        engine starts (vLLM would fail in its own process, with a traceback).
+        """
+        from vllm.platforms import current_platform
+
+        if not current_platform.is_cpu():
+            return
+        served = args.max_model_len or int(config.max_position_embeddings)
+        per_token = kv_bytes_per_token(config, served_dtype(settings))
         if settings.cpu_kv_cache_space_gib is not None:
             gib = math.ceil(settings.cpu_kv_cache_space_gib)
         elif "VLLM_CPU_KVCACHE_SPACE" in os.environ:
-            return
+            gib = int(os.environ["VLLM_CPU_KVCACHE_SPACE"])
         else:
-            served = args.max_model_len or int(config.max_position_embeddings)
-            gib = kv_cache_gib(settings, config, served, served_dtype(settings))
+            gib = kv_cache_gib(settings, per_token, served)
+        one_sequence = served * per_token / 2**30
+        if one_sequence > gib:
+            raise ValueError(
+                f"a KV cache of {gib} GiB cannot hold one sequence of the served "
+                f"{served} tokens ({one_sequence:.2f} GiB): raise --cpu-kv-cache-space-gib "
+                "or lower --max-model-len"
+            )
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(gib)
         logger.info("KV cache of the CPU build: %d GiB (--cpu-kv-cache-space-gib)", gib)
 
@@ -165,13 +184,4 @@ class Engine:
         await self.llm.check_health()
 
     def shutdown(self) -> None:
-        """Let the engine processes take vLLM's shutdown signal again, then stop them."""
-        try:
-            children = psutil.Process().children(recursive=True)
-        except psutil.Error:
-            children = []
-        for child in children:
-            with contextlib.suppress(psutil.Error):
-                if engine_signals.is_engine_process(child):
-                    child.send_signal(engine_signals.RELEASE)
         self.llm.shutdown()

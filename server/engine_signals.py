@@ -1,46 +1,32 @@
-"""Engine processes that outlive a signal to the whole group until the front end has drained.
+"""vLLM's engine in a process group of its own, so that a signal to the server's group drains.
 
-Ctrl-C and systemd (``KillMode=control-group``) signal every process of the server at once.
-vLLM's engine processes stop on SIGTERM and SIGINT, so in-flight streams would end with an
-error instead of draining. This ``vllm.general_plugins`` entry point runs in each engine
-process (vLLM loads plugins there after installing its own handlers); when the server asked
-for it (``RESONANCE_ENGINE_WAITS_FOR_FRONT_END``) it ignores both signals until the front end
-sends `RELEASE`, after which vLLM's own handlers are back and its usual shutdown proceeds.
+Ctrl-C and ``kill -TERM -PGID`` signal every process of the server's group at once. vLLM's
+engine processes stop on SIGTERM and SIGINT, so in-flight streams would end with an error
+instead of draining. This ``vllm.general_plugins`` entry point runs in every vLLM process;
+in the engine core started by resonance-serve (whose pid the server puts in ``ENV``) it moves
+that process, and with it the workers it starts next, into a new process group. Only the
+front end then gets the group's signal; it drains, then stops the engine as vLLM does. So
+that the engine never outlives the front end, it is also killed when the front end dies.
+(systemd's ``KillMode=control-group`` signals every process of the unit whatever its group:
+run the server with ``KillMode=mixed``.)
 """
 
-import multiprocessing
+import ctypes
 import os
 import signal
-import threading
 
-ENV = "RESONANCE_ENGINE_WAITS_FOR_FRONT_END"
-RELEASE = signal.SIGUSR2
-_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+ENV = "RESONANCE_SERVE_FRONT_END_PID"
+_PR_SET_PDEATHSIG = 1
 
 
 def install() -> None:
-    in_child = multiprocessing.parent_process() is not None
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    if os.environ.get(ENV) != "1" or not in_child or not in_main_thread:
-        return
-    if signal.getsignal(RELEASE) not in (signal.SIG_DFL, None):
-        return  # installed already (plugins may load more than once)
-    handlers = {sig: signal.getsignal(sig) for sig in _SIGNALS}
-
-    def release(signum: int, frame: object) -> None:
-        """vLLM's handlers back, and its shutdown begun (a SIGTERM sent meanwhile was lost)."""
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-        stop = handlers[signal.SIGTERM]
-        if callable(stop):
-            stop(signal.SIGTERM, frame)
-
-    signal.signal(RELEASE, release)
-    for sig in _SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-
-
-def is_engine_process(process) -> bool:
-    """A psutil process that runs vLLM's engine or a worker (vLLM names them so)."""
-    name = process.name()
-    return "EngineCore" in name or "Worker" in name
+    front_end = os.environ.get(ENV)
+    if front_end is None or str(os.getppid()) != front_end:
+        return  # not the engine core of resonance-serve (the front end, a worker, or vLLM alone)
+    if os.getpgid(0) == os.getpid():
+        return  # done already (plugins may load more than once)
+    os.setpgid(0, 0)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != int(front_end):  # the front end died before prctl took effect
+        os.kill(os.getpid(), signal.SIGKILL)

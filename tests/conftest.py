@@ -65,10 +65,11 @@ def offline_llm(resonance_checkpoint):
     llm.llm_engine.engine_core.shutdown()
 
 
-def start_server(args: list[str], log: Path) -> RunningServer:
+def start_server(args: list[str], log: Path, env: dict | None = None) -> RunningServer:
     """``python -m server`` with these arguments on a free port, once healthy."""
     port = free_port()
-    return start_process([sys.executable, "-m", "server", "--port", str(port), *args], port, log)
+    command = [sys.executable, "-m", "server", "--port", str(port), *args]
+    return start_process(command, port, log, env=env)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """Property-based fuzzing of the server's own OpenAPI schema with schemathesis, on a budget."""
 
 import contextlib
+import json
 from dataclasses import dataclass, field
 
 import requests
@@ -17,6 +18,18 @@ class Outcomes:
     server_errors: list[str] = field(default_factory=list)
 
 
+def server_failure(status: int, text: str) -> str | None:
+    """A 5xx answer, or a stream that carried a 5xx error event after its 200."""
+    if status >= 500:
+        return f"{status} {text}"
+    for line in text.splitlines():
+        if line.startswith("data: {") and '"error"' in line:
+            error = json.loads(line[6:]).get("error", {})
+            if error.get("type") == "server_error" or "engine" in str(error.get("code")):
+                return f"stream error event {line}"
+    return None
+
+
 def fuzz_server(
     base_url: str, headers: dict[str, str], per_operation: int = 15, timeout: float = 5
 ) -> Outcomes:
@@ -25,7 +38,7 @@ def fuzz_server(
     Deterministic (derandomized) so that a failure reproduces; generations that outlast
     ``timeout`` are dropped by the client, which the server must survive too.
     """
-    schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
+    schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json", headers=headers)
     outcomes = Outcomes()
     for result in schema.get_all_operations():
         operation = result.ok()
@@ -47,10 +60,10 @@ def fuzz_server(
                     outcomes.timeouts += 1
                     return
                 outcomes.cases += 1
-                if response.status_code >= 500:
+                failure = server_failure(response.status_code, response.text)
+                if failure:
                     outcomes.server_errors.append(
-                        f"{case.method} {case.path} {case.body!r:.300} -> "
-                        f"{response.status_code} {response.text[:300]}"
+                        f"{case.method} {case.path} {case.body!r:.300} -> {failure[:300]}"
                     )
 
             # An operation with no inputs (GET /health) has no invalid variant to generate.

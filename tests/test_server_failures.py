@@ -1,19 +1,31 @@
-"""A second server for the tests that break it: request deadlines, then a dead engine."""
+"""A second server for the tests that break it: deadlines, clients that stall, connections that
+never finish, the memory it takes, then a dead engine. It serves the plain checkpoint extended
+with resonance_dynamic, so the served log-probabilities of that type are checked here too."""
 
 import json
+import re
 import signal
+import socket
 import time
 
 import httpx
+import numpy as np
+import openai
 import psutil
 import pytest
+import torch
 
-from tests.conftest import start_server, stop_server
+import rope_plugins
+from tests import reference as ref
+from tests.conftest import FACTOR, ORIGINAL_CONTEXT, SERVED_CONTEXT, start_server, stop_server
 
 pytestmark = pytest.mark.engine
 
 # n x max_tokens output tokens take several seconds here, well past the 1 s deadline.
 SLOW = {"prompt": "The river", "n": 16, "max_tokens": 240, "ignore_eos": True}
+HEADER_TIMEOUT = BODY_TIMEOUT = 2
+MAX_CONNECTIONS = 40
+MAX_CONCURRENT = 2
 
 
 @pytest.fixture(scope="module")
@@ -22,38 +34,203 @@ def fragile_server(plain_checkpoint, tmp_path_factory):
         [
             "--model", str(plain_checkpoint),
             "--served-model-name", "fragile",
+            "--rope-type", "resonance_dynamic",
+            "--rope-factor", str(FACTOR),
             "--dtype", "float32",
             "--enforce-eager",
             "--request-timeout", "1",
+            "--max-concurrent-requests", str(MAX_CONCURRENT),
+            "--max-queued-tokens", "200000",
+            "--header-timeout", str(HEADER_TIMEOUT),
+            "--body-timeout", str(BODY_TIMEOUT),
+            "--max-connections", str(MAX_CONNECTIONS),
         ],
         tmp_path_factory.mktemp("fragile") / "server.log",
+        env={"VLLM_CPU_KVCACHE_SPACE": None},  # the server sizes the KV cache itself
     )  # fmt: skip
     yield running
     stop_server(running)
 
 
-def running_requests(base_url: str) -> float:
+def metric(base_url: str, name: str) -> float:
+    total = 0.0
     for line in httpx.get(f"{base_url}/metrics").text.splitlines():
-        if line.startswith("resonance_num_requests_running "):
-            return float(line.split()[-1])
-    raise AssertionError("no resonance_num_requests_running")
+        if line.startswith(name):
+            total += float(line.split()[-1])
+    return total
 
 
-def test_request_past_its_deadline_is_aborted_with_408(fragile_server):
+def test_request_past_its_deadline_is_aborted_with_a_status_clients_do_not_retry(
+    fragile_server,
+):
     url = fragile_server.base_url
+    timeouts = 'resonance_requests_total{endpoint="/v1/completions",status="504"}'
+    before = metric(url, timeouts)
     start = time.monotonic()
-    response = httpx.post(f"{url}/v1/completions", json={"model": "fragile", **SLOW}, timeout=30)
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=2)
+    with pytest.raises(openai.APIStatusError) as failure:
+        client.completions.create(
+            model="fragile",
+            prompt=SLOW["prompt"],
+            n=SLOW["n"],
+            max_tokens=SLOW["max_tokens"],
+            extra_body={"ignore_eos": True},
+        )
     assert time.monotonic() - start < 5
-    assert response.status_code == 408
-    assert response.json()["error"]["code"] == "request_timeout"
+    assert failure.value.status_code == 504
+    assert failure.value.response.headers["x-should-retry"] == "false"
+    assert failure.value.body["code"] == "request_timeout"
+    assert metric(url, timeouts) == before + 1  # sent once: the client did not retry
     body = {"model": "fragile", **SLOW, "stream": True}
     with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=30) as stream:
         events = [line[6:] for line in stream.iter_lines() if line.startswith("data: ")]
     assert json.loads(events[-1])["error"]["code"] == "request_timeout"
     time.sleep(1)
-    assert running_requests(url) == 0
+    assert metric(url, "resonance_num_requests_running") == 0
     quick = httpx.post(f"{url}/v1/completions", json={"model": "fragile", "prompt": "x"})
     assert quick.status_code == 200
+
+
+def raw_request(port: int, body: dict, receive_buffer: int = 4096) -> socket.socket:
+    """A streaming request on a socket that will not be read."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.connect(("127.0.0.1", port))
+    payload = json.dumps(body).encode()
+    sock.sendall(
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+    return sock
+
+
+def closed_by_server(sock: socket.socket, within: float) -> bool:
+    """Drain what was sent; True once the server has closed the connection."""
+    sock.settimeout(0.5)
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if sock.recv(1 << 20) == b"":
+                return True
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            return True
+    return False
+
+
+def port_of(server) -> int:
+    return int(server.base_url.rsplit(":", 1)[1])
+
+
+def test_streams_nobody_reads_end_at_the_deadline_and_free_their_places(fragile_server):
+    """Megabytes of echoed log-probabilities fill the socket buffers at once; the clients
+    never read. Past the deadline (1 s, plus 5 s for a last event) the server gives up."""
+    body = {
+        "model": "fragile",
+        "prompt": [[3 + (i * 7 + k) % 1990 for i in range(200)] for k in range(4)],
+        "n": 16,
+        "echo": True,
+        "logprobs": 20,
+        "max_tokens": 40,
+        "stream": True,
+    }
+    silent = [raw_request(port_of(fragile_server), body) for _ in range(MAX_CONCURRENT)]
+    time.sleep(0.5)
+    busy = httpx.post(f"{fragile_server.base_url}/v1/completions", json={"model": "fragile",
+                                                                       "prompt": "x"})  # fmt: skip
+    assert busy.status_code == 429  # both places are held
+    time.sleep(8)
+    quick = httpx.post(
+        f"{fragile_server.base_url}/v1/completions", json={"model": "fragile", "prompt": "x"}
+    )
+    assert quick.status_code == 200  # the places were freed without the clients' help
+    assert all(closed_by_server(sock, within=10) for sock in silent)
+    for sock in silent:
+        sock.close()
+
+
+def test_connections_that_never_finish_a_request_are_closed(fragile_server):
+    port = port_of(fragile_server)
+    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(MAX_CONNECTIONS + 10)]
+    slow_header = socket.create_connection(("127.0.0.1", port))
+    slow_body = socket.create_connection(("127.0.0.1", port))
+    slow_body.sendall(
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n{"
+    )
+    start = time.monotonic()
+    for i in range(10):  # one byte a half-second: never a whole header block
+        slow_header.sendall(b"GET /health HTTP/1.1\r\n"[i : i + 1])
+        time.sleep(0.5)
+        if closed_by_server(slow_header, within=0.01):
+            break
+    assert time.monotonic() - start < HEADER_TIMEOUT + 2
+    assert closed_by_server(slow_body, within=BODY_TIMEOUT + 2)
+    assert all(closed_by_server(sock, within=HEADER_TIMEOUT + 2) for sock in silent)
+    for sock in [*silent, slow_header, slow_body]:
+        sock.close()
+    assert httpx.get(f"{fragile_server.base_url}/health").status_code == 200
+
+
+def test_kv_cache_is_sized_for_the_served_context_not_the_machine(fragile_server):
+    """Without --cpu-kv-cache-space-gib, vLLM's CPU build would take most of the memory."""
+    match = re.search(r"KV cache of the CPU build: (\d+) GiB", fragile_server.output())
+    assert match and int(match.group(1)) == 1  # 8 x 1024 tokens x 4 KiB: the 1 GiB minimum
+    server = psutil.Process(fragile_server.process.pid)
+    total = sum(p.memory_info().rss for p in [server, *server.children(recursive=True)])
+    assert total < 6 * 2**30
+
+
+def test_too_little_kv_cache_is_a_one_line_start_up_error(plain_checkpoint, tmp_path):
+    """One sequence of 512K tokens (2 GiB) cannot fit 1 GiB of KV cache: the message names the flag."""
+    from tests.test_settings import run_cli
+
+    result = run_cli(
+        "--model", str(plain_checkpoint), "--rope-type", "yarn", "--rope-factor", "2048",
+        "--dtype", "float32", "--enforce-eager", "--cpu-kv-cache-space-gib", "1",
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "--cpu-kv-cache-space-gib" in result.stderr.strip().splitlines()[-1]
+
+
+def test_resonance_dynamic_serves_dynamic_ntk_at_the_served_length(
+    fragile_server, plain_checkpoint
+):
+    """Served log-probabilities of a prompt filling the context equal transformers' for a
+    sequence of that length (whose dynamic NTK base is then the served one)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    ids = [3 + (7 * i) % 1990 for i in range(SERVED_CONTEXT - 1)]
+    response = httpx.post(
+        f"{fragile_server.base_url}/v1/completions",
+        json={"model": "fragile", "prompt": ids, "max_tokens": 1, "echo": True, "logprobs": 0},
+        timeout=60,
+    )
+    served = torch.tensor(response.json()["choices"][0]["logprobs"]["token_logprobs"][1:-1])
+    rope_plugins.register()
+    config = AutoConfig.from_pretrained(plain_checkpoint)
+    config.rope_parameters = {"rope_type": "resonance_dynamic", "rope_theta": 1e4,
+                              "factor": float(FACTOR)}  # fmt: skip
+    model = AutoModelForCausalLM.from_pretrained(plain_checkpoint, config=config).eval()
+    rotary = model.model.rotary_emb
+    assert isinstance(rotary, LlamaRotaryEmbedding)
+    rotary(torch.zeros(1), torch.arange(SERVED_CONTEXT)[None])  # a sequence of the served length
+    base = 1e4 * (FACTOR * SERVED_CONTEXT / ORIGINAL_CONTEXT - (FACTOR - 1)) ** (128 / 126)
+    np.testing.assert_allclose(
+        rotary.inv_freq.double().numpy(), ref.resonance(ref.rope(128, base)), rtol=1e-6
+    )
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, :-1].double()
+    expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
+    difference = (served.double() - expected).abs()
+    assert difference.mean() < 1e-3 and difference.max() < 2e-2  # as for resonance_yarn
+    # The table the server uses is not plain RoPE's (the base grew).
+    plain = 1e4
+    assert not np.allclose(ref.resonance(ref.rope(128, plain)), ref.resonance(ref.rope(128, base)))
 
 
 def test_dead_engine_fails_health_and_exits_non_zero(fragile_server):
