@@ -44,7 +44,7 @@ def create_app(engine: Engine, settings: Settings, state: ServerState) -> FastAP
         engine=engine,
         state=state,
         prompts=prompts,
-        executor=Executor(engine, admission, settings.request_timeout),
+        executor=Executor(engine, admission, limits, settings.request_timeout),
         limits=limits,
     )
     for module in (completions, chat, models, tokens, probes):

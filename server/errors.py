@@ -73,7 +73,9 @@ _NOT_FIELDS = {"body", "str", "int", "float", "bool", "list", "dict", "none"}
 
 
 def _validation_message(error: RequestValidationError) -> tuple[str, str | None]:
-    first = error.errors()[0]
+    errors = error.errors()
+    # This server's own checks (lone surrogates, ...) say more than a union's other branches.
+    first = next((e for e in errors if e.get("type") == "value_error"), errors[0])
     # Union members and validator names appear in pydantic's location: keep the field path.
     location = [
         str(part)

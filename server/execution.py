@@ -30,6 +30,7 @@ from server.errors import NO_RETRY, APIError, as_api_error, error_body
 from server.middleware import record_status, release_at_end
 from server.prompts import Prompt
 from server.protocol import SamplingRequest
+from server.sampling import Limits, check_request
 
 logger = logging.getLogger(__name__)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -85,8 +86,15 @@ class Endpoint(Protocol):
 
 
 class Executor:
-    def __init__(self, engine: Engine, admission: Admission, request_timeout: float | None):
-        self.engine, self.admission, self.request_timeout = engine, admission, request_timeout
+    def __init__(
+        self,
+        engine: Engine,
+        admission: Admission,
+        limits: Limits,
+        request_timeout: float | None,
+    ) -> None:
+        self.engine, self.admission, self.limits = engine, admission, limits
+        self.request_timeout = request_timeout
         self.model = engine.info.name
         self._abort_tasks: set[asyncio.Task] = set()
 
@@ -102,9 +110,14 @@ class Executor:
     async def serve(
         self, endpoint: Endpoint, request: SamplingRequest, raw_request: Request
     ) -> Response:
-        """Admit (before any tokenization), prepare, charge the tokens, run; 429 when full."""
+        """Check, admit (before any tokenization), prepare, charge the tokens, run.
+
+        A request no server could run is a 400; one this server cannot run now, a 429.
+        """
         self.check_model(request.model)
-        ticket = self.admission.admit(request.n * endpoint.prompt_count(request))
+        prompts = endpoint.prompt_count(request)
+        check_request(request, prompts, self.limits)
+        ticket = self.admission.admit(request.n * prompts)
         release_at_end(raw_request.scope, ticket.release)
         job = await endpoint.prepare(request)
         ticket.charge(job.tokens)

@@ -204,7 +204,17 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"text/event-stream": {}}, "description": "JSON, or server-sent events"},
-    "4XX": {"model": ErrorResponse, "description": "OpenAI error body"},
-}
+def generation_responses(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI description of a generation route: JSON, or events when streamed.
+
+    Documented, not enforced (the route has no response_model): nothing is validated twice,
+    and a request whose client went away returns nothing at all.
+    """
+    return {
+        200: {
+            "model": model,
+            "content": {"text/event-stream": {}},
+            "description": "The response, or server-sent events of its chunks",
+        },
+        "4XX": {"model": ErrorResponse, "description": "OpenAI error body"},
+    }

@@ -22,7 +22,7 @@ SERVED_CONTEXT = ORIGINAL_CONTEXT * FACTOR
 MODEL_NAME = "tiny-llama2-chat"
 API_KEY = "test-key-1"
 # Admission limits of the session server (requests, sequences, tokens in flight).
-MAX_CONCURRENT, MAX_SEQUENCES, MAX_QUEUED_TOKENS = 32, 64, 16 * SERVED_CONTEXT
+MAX_CONCURRENT, MAX_SEQUENCES, MAX_QUEUED_TOKENS = 32, 48, 40 * SERVED_CONTEXT
 RESONANCE_YARN = {
     "rope_type": "resonance_yarn",
     "rope_theta": 10000.0,

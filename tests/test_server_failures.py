@@ -184,7 +184,7 @@ def test_kv_cache_is_sized_for_the_served_context_not_the_machine(fragile_server
 
 
 def test_too_little_kv_cache_is_a_one_line_start_up_error(plain_checkpoint, tmp_path):
-    """One sequence of 512K tokens (2 GiB) cannot fit 1 GiB of KV cache: the message names the flag."""
+    """One sequence of 512K tokens needs 2 GiB of KV cache, not 1: the message names the flag."""
     from tests.test_settings import run_cli
 
     result = run_cli(

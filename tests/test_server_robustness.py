@@ -54,14 +54,15 @@ def wait_for(condition, seconds: float) -> bool:
 
 
 def open_stream(http: httpx.Client, body: dict):
-    """Start a streamed request and read its first event; keep both returned objects alive
-    (dropping the line iterator closes the connection, which is a disconnect)."""
+    """Start a streamed request (its headers mean it was admitted); keep both returned objects
+    alive (dropping the line iterator closes the connection, which is a disconnect)."""
     stream = http.stream("POST", "/v1/completions", json=body)
     response = stream.__enter__()
-    assert response.status_code == 200
-    lines = response.iter_lines()
-    next(lines)
-    return stream, lines
+    if response.status_code != 200:
+        response.read()
+        stream.__exit__(None, None, None)
+        raise AssertionError(f"{response.status_code} {response.text}")
+    return stream, response.iter_lines()
 
 
 def greedy(http: httpx.Client, prompt=PROMPT, max_tokens: int = 8) -> str:
@@ -129,21 +130,22 @@ def test_api_keys_are_compared_as_fixed_length_digests(monkeypatch):
     assert {pair for pair in compared} == {(32, 32)}
 
 
-# Streams held open to fill each admission limit, and what the next request is told.
+# Streams held open to fill each admission limit (each long enough to outlast the test), then
+# one more of the same: (streams that fit, their body, what the next one is told).
 LIMITS = {
     "requests": (
         MAX_CONCURRENT,
-        {"prompt": "x", "max_tokens": 400},  # 32 x ~402 tokens, 32 sequences: only requests full
+        {"prompt": "x", "max_tokens": 400},  # 32 requests, 32 sequences, ~13K tokens
         "requests are in flight",
     ),
     "sequences": (
         MAX_SEQUENCES // 16,
-        {"prompt": "x", "n": 16, "max_tokens": 200},  # 64 sequences, ~13K tokens
+        {"prompt": "x", "n": 16, "max_tokens": 800},  # 3 requests, 48 sequences, ~38K tokens
         "sequences are in flight",
     ),
     "tokens": (
-        MAX_QUEUED_TOKENS // (4 * SERVED_CONTEXT),
-        {"prompt": token_prompt(ORIGINAL_CONTEXT * 3), "n": 4, "max_tokens": ORIGINAL_CONTEXT},
+        MAX_QUEUED_TOKENS // (4 * 1002),
+        {"prompt": "x", "n": 4, "max_tokens": 1000},  # 10 requests, 40 sequences, ~40K tokens
         "tokens are in flight",
     ),
 }
@@ -158,8 +160,8 @@ def test_each_admission_limit_gets_429_and_the_server_recovers(http, limit):
         for i in range(count):
             body = {"model": MODEL_NAME, "ignore_eos": True, "stream": True, "seed": i, **fields}
             streams.append(open_stream(http, body))
-        over = http.post("/v1/completions", json={"model": MODEL_NAME, "prompt": "x"})
-        assert over.status_code == 429, over.text
+        over = http.post("/v1/completions", json={"model": MODEL_NAME, **fields})
+        assert over.status_code == 429, over.text[:300]
         assert over.headers["retry-after"] == "1"
         assert reason in over.json()["error"]["message"]
     finally:
@@ -263,6 +265,11 @@ def test_malformed_bodies_get_400(http, content, content_type):
     assert response.json()["error"]["message"]
 
 
+def post_json(http: httpx.Client, path: str, body: dict) -> httpx.Response:
+    """JSON as json.dumps writes it (escaping lone surrogates, which httpx will not encode)."""
+    return http.post(path, content=json.dumps(body), headers={"Content-Type": "application/json"})
+
+
 @pytest.mark.parametrize(
     "fields",
     [
@@ -294,7 +301,7 @@ def test_malformed_bodies_get_400(http, content, content_type):
     ],
 )
 def test_hostile_values_get_4xx(http, server, fields):
-    response = http.post("/v1/completions", json={"model": MODEL_NAME, **fields})
+    response = post_json(http, "/v1/completions", {"model": MODEL_NAME, **fields})
     assert 400 <= response.status_code < 500, response.text
     assert response.json()["error"]["message"]
     assert "Traceback" not in server.output()
@@ -313,7 +320,7 @@ def test_hostile_values_get_4xx(http, server, fields):
     ],
 )  # fmt: skip
 def test_lone_surrogates_anywhere_get_400(http, server, path, body):
-    response = http.post(path, json=body)
+    response = post_json(http, path, body)
     assert response.status_code == 400, response.text
     assert "lone surrogate" in response.json()["error"]["message"]
     assert "Traceback" not in server.output()
@@ -334,7 +341,7 @@ def test_bounded_overload_completes_or_gets_429(http, server, capsys):
         body = {
             "model": MODEL_NAME,
             "prompt": token_prompt(ORIGINAL_CONTEXT * 3, salt=100 + i),
-            "max_tokens": 64,  # 832 tokens a request: 19 fit in the session's token limit
+            "max_tokens": 64,  # 832 tokens a request: 49 would fit the token limit, 32 may run
         }
         return http.post("/v1/completions", json=body).status_code
 

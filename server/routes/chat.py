@@ -9,8 +9,8 @@ from vllm.outputs import CompletionOutput, RequestOutput
 
 from server import responses as r
 from server.execution import Job
-from server.protocol import STREAM_RESPONSES, ChatCompletionRequest, ChatCompletionResponse
-from server.sampling import check_request, output_budget, sampling_params
+from server.protocol import ChatCompletionRequest, ChatCompletionResponse, generation_responses
+from server.sampling import output_budget, sampling_params
 from server.services import Services, Shared
 
 router = APIRouter()
@@ -24,7 +24,6 @@ class Chat:
         return 1
 
     async def prepare(self, request: ChatCompletionRequest) -> Job:
-        check_request(request, 1, self.s.limits)
         messages = [{"role": m.role, "content": m.text()} for m in request.messages]
         prompt = await self.s.prompts.chat_prompt(messages)
         requested = request.max_completion_tokens or request.max_tokens
@@ -89,7 +88,9 @@ class Chat:
 
 
 @router.post(
-    "/v1/chat/completions", response_model=ChatCompletionResponse, responses=STREAM_RESPONSES
+    "/v1/chat/completions",
+    response_model=None,
+    responses=generation_responses(ChatCompletionResponse),
 )
 @with_cancellation
 async def chat_completions(

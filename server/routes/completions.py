@@ -10,8 +10,8 @@ from vllm.outputs import CompletionOutput, RequestOutput
 from server import responses as r
 from server.execution import Job
 from server.prompts import Prompt
-from server.protocol import STREAM_RESPONSES, CompletionRequest, CompletionResponse
-from server.sampling import check_request, output_budget, sampling_params
+from server.protocol import CompletionRequest, CompletionResponse, generation_responses
+from server.sampling import output_budget, sampling_params
 from server.services import Services, Shared
 
 router = APIRouter()
@@ -28,7 +28,6 @@ class Completions:
         return len(prompt)
 
     async def prepare(self, request: CompletionRequest) -> Job:
-        check_request(request, self.prompt_count(request), self.s.limits)
         prompts = await self._prompts(request.prompt)
         max_tokens = output_budget(prompts, request.max_tokens, self.s.limits.max_model_len)
         echoed = request.logprobs if request.echo and request.logprobs is not None else None
@@ -116,7 +115,9 @@ class Completions:
         }
 
 
-@router.post("/v1/completions", response_model=CompletionResponse, responses=STREAM_RESPONSES)
+@router.post(
+    "/v1/completions", response_model=None, responses=generation_responses(CompletionResponse)
+)
 @with_cancellation
 async def completions(request: CompletionRequest, raw_request: Request, s: Shared) -> Response:
     return await s.executor.serve(Completions(s), request, raw_request)
