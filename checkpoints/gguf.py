@@ -57,9 +57,32 @@ def convert(gguf_file: Path, out_dir: Path, dtype: str = "float32") -> Path:
     model.load_state_dict(loaded.state_dict())
     model.tie_weights()
     model.save_pretrained(out_dir)
+    _add_bos_as_llama_cpp_does(tokenizer, gguf_file)
     tokenizer.save_pretrained(out_dir)
     GenerationConfig.from_model_config(config).save_pretrained(out_dir)
     return out_dir
+
+
+def _metadata(gguf_file: Path, key: str):
+    from gguf import GGUFReader
+
+    field = GGUFReader(gguf_file).fields.get(key)
+    return None if field is None else field.contents()
+
+
+def _add_bos_as_llama_cpp_does(tokenizer, gguf_file: Path) -> None:
+    """llama.cpp starts every prompt with BOS when the file says ``add_bos_token``; the
+    tokenizer transformers builds from the file does not read that key, so it is set here."""
+    from tokenizers import processors
+
+    bos = tokenizer.bos_token
+    if not _metadata(gguf_file, "tokenizer.ggml.add_bos_token") or bos is None:
+        return
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A",
+        pair=f"{bos} $A {bos} $B",
+        special_tokens=[(bos, tokenizer.bos_token_id)],
+    )
 
 
 def cached_conversion(gguf_file: Path, cache_dir: Path, dtype: str = "float32") -> Path:

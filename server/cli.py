@@ -33,19 +33,37 @@ def _startup_message(error: Exception) -> str:
     return lines[0] if lines else type(error).__name__
 
 
+_gc_started = 0.0
+
+
+def _log_slow_collections(phase: str, info: dict) -> None:
+    """A garbage collection holds the event loop: say so when one takes long."""
+    global _gc_started
+    if phase == "start":
+        _gc_started = time.perf_counter()
+    elif (seconds := time.perf_counter() - _gc_started) > 0.1:
+        logger.warning(
+            "garbage collection (generation %d) held the server for %.2f s",
+            info["generation"],
+            seconds,
+        )
+
+
 def _banner(settings: Settings, engine) -> str:
+    """Which model, from where, and the context it was trained on and is served at."""
     info = engine.info
     url = f"http://{settings.host}:{settings.port}"
     lines = [
-        f"resonance-serve: '{info.name}' on {url}/v1 (max context {info.max_model_len} tokens)",
+        f"resonance-serve: '{info.name}' on {url}/v1",
+        f"  model: {info.origin}",
+        f"  context: trained {info.trained_context} tokens, served {info.max_model_len} tokens",
         f"  rope_parameters: {info.rope}",
     ]
     if settings.is_demo:
-        lines += [
-            "  This is the built-in DEMO model: tiny, with random weights (its text is noise).",
-            "  Serve a real one with: resonance-serve --model meta-llama/Llama-2-7b-chat-hf "
-            "--rope-type resonance_yarn --rope-factor 8",
-        ]
+        lines.append(
+            "  (the demo; serve another model with --model DIR|HF_ID|FILE.gguf "
+            "--rope-type resonance_yarn --rope-factor N)"
+        )
     return "\n".join(lines)
 
 
@@ -111,6 +129,7 @@ async def serve(settings: Settings) -> int:
         # collection stall the event loop for a second or more: exempt them from it.
         gc.collect()
         gc.freeze()
+        gc.callbacks.append(_log_slow_collections)
         print(_banner(settings, engine), flush=True)
         await server.serve()
         return server.exit_code

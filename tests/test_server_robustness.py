@@ -135,7 +135,7 @@ def test_api_keys_are_compared_as_fixed_length_digests(monkeypatch):
 LIMITS = {
     "requests": (
         MAX_CONCURRENT,
-        {"prompt": "x", "max_tokens": 400},  # 32 requests, 32 sequences, ~13K tokens
+        {"prompt": "x", "max_tokens": 1000},  # 32 requests, 32 sequences, ~32K tokens
         "requests are in flight",
     ),
     "sequences": (
@@ -423,7 +423,8 @@ def test_sigterm_to_the_process_group_drains_then_exits_0(http, server):
     body = {
         "model": MODEL_NAME,
         "prompt": token_prompt(SERVED_CONTEXT // 2),
-        "max_tokens": 300,
+        "n": 8,
+        "max_tokens": 500,  # seconds of work: still running when the signal comes
         "ignore_eos": True,
         "stream": True,
         "stream_options": {"include_usage": True},
@@ -444,7 +445,7 @@ def test_sigterm_to_the_process_group_drains_then_exits_0(http, server):
             assert refused.status_code == 503
         events = [line for line in lines if line.startswith("data: ")]
     assert events[-1] == "data: [DONE]"
-    assert '"completion_tokens": 300' in events[-2]
+    assert '"completion_tokens": 4000' in events[-2]
     assert server.process.wait(60) == 0
     _, alive = psutil.wait_procs(engine_processes, timeout=10)
     assert alive == []  # the engine's processes ended with it

