@@ -65,11 +65,13 @@ def offline_llm(resonance_checkpoint):
     llm.llm_engine.engine_core.shutdown()
 
 
-def start_server(args: list[str], log: Path, env: dict | None = None) -> RunningServer:
+def start_server(
+    args: list[str], log: Path, env: dict | None = None, timeout: float = 240
+) -> RunningServer:
     """``python -m server`` with these arguments on a free port, once healthy."""
     port = free_port()
     command = [sys.executable, "-m", "server", "--port", str(port), *args]
-    return start_process(command, port, log, env=env)
+    return start_process(command, port, log, env=env, timeout=timeout)
 
 
 @pytest.fixture(scope="session")
