@@ -1,10 +1,9 @@
-"""The tiny checkpoint builder and the demo model it makes once."""
+"""The tiny checkpoint builder: deterministic, and nothing downloaded."""
 
 import hashlib
 import json
 
 from checkpoints.tiny import build_tiny_checkpoint
-from server.demo import demo_checkpoint
 
 
 def digest(directory) -> dict[str, str]:
@@ -24,14 +23,3 @@ def test_same_arguments_same_files(tmp_path):
     config = json.loads((first / "config.json").read_text())
     assert config["head_dim"] == 128 and config["rope_parameters"]["rope_type"] == "resonance_yarn"
     assert "[INST]" in (first / "chat_template.jinja").read_text()
-
-
-def test_demo_checkpoint_is_built_once_and_reused(tmp_path):
-    path = demo_checkpoint(tmp_path)
-    config = json.loads((path / "config.json").read_text())
-    assert config["max_position_embeddings"] == 256
-    assert config["rope_parameters"]["rope_type"] == "default"  # extended by the server's flags
-    stamp = (path / "model.safetensors").stat().st_mtime_ns
-    assert demo_checkpoint(tmp_path) == path
-    assert (path / "model.safetensors").stat().st_mtime_ns == stamp
-    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no half-built leftovers
