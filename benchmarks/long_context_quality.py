@@ -1,0 +1,136 @@
+"""Does extended context work through the API? The demo model under each RoPE scaling, scored
+with resonance-eval (perplexity by position, passkey), tables and plots for docs/RESULTS.md.
+
+SmolLM2-135M-Instruct (trained on 8192 positions, not fine-tuned for any scaling) is served by
+resonance-serve once per configuration; the evaluations talk to it over HTTP only.
+
+    python -m benchmarks.long_context_quality [--configs none,yarn:2,...] [--out DIR]
+
+Budget on 2 cores: prompt log-probabilities over the 49K vocabulary dominate (about 150 s for
+one 16K-token prompt), so each configuration scores one document at its longest length (its
+per-position buckets cover every shorter position) and a few passkey prompts.
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from evals.cli import main as resonance_eval_main
+from evals.report import plot_runs
+from harness.servers import free_port, serving
+
+TRAINED = 8192
+DEFAULT_CONFIGS = "none,yarn:2,resonance_yarn:2,ntk:2,resonance_ntk:2"
+
+
+def resonance_eval(argv: list[str]) -> None:
+    """One evaluation; its failures are in its report (it exits 1 when a request failed)."""
+    try:
+        resonance_eval_main(argv)
+    except SystemExit as stop:
+        if stop.code not in (0, None):
+            print(f"resonance-eval {argv[0]} reported failures", flush=True)
+
+
+def markdown(out: Path, runs: list[dict]) -> str:
+    """The tables for docs/RESULTS.md, from the runs' summary.json files."""
+    lines = ["| configuration | served | start-up (s) | perplexity 1-4K | 4-8K | 8-12K | 12-16K "
+             "| 16-32K |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    keys = []
+    for run in runs:
+        directory = Path(run["directory"])
+        summary = json.loads((directory / "perplexity" / "summary.json").read_text())
+        (buckets,) = summary["buckets"].values()
+        windows = [(0, 4096), (4096, 8192), (8192, 12288), (12288, 16384), (16384, 32768)]
+        cells = []
+        for start, end in windows:
+            rows = [b for b in buckets if b["start"] >= start and b["end"] <= end]
+            tokens = sum(b["end"] - b["start"] for b in rows)
+            mean = (
+                sum(b["mean_nll"] * (b["end"] - b["start"]) for b in rows) / tokens
+                if rows
+                else None
+            )
+            cells.append("-" if mean is None else f"{2.718281828**mean:.2f}")
+        lines.append(f"| {run['label']} | {summary['max_model_len']} | {run['startup_s']} | "
+                     + " | ".join(cells) + " |")  # fmt: skip
+        passkey = json.loads((directory / "passkey" / "summary.json").read_text())
+        for cell in passkey["cells"]:
+            keys.append((run["label"], cell))
+    lines += ["", "| configuration | prompt tokens | depth | exact match | log p(key) | rank of "
+              "the key (1 = best) |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for label, cell in keys:
+        rank = "-" if cell["mean_rank"] is None else f"{cell['mean_rank']:.1f}"
+        logprob = "-" if cell["mean_key_logprob"] is None else f"{cell['mean_key_logprob']:.2f}"
+        accuracy = "-" if cell["accuracy"] is None else f"{cell['accuracy']:.2f}"
+        lines.append(f"| {label} | {cell['length']} | {cell['depth']:g} | {accuracy} | "
+                     f"{logprob} | {rank} |")  # fmt: skip
+    plot_runs([Path(r["directory"]) / "perplexity" for r in runs], out / "perplexity.png")
+    plot_runs([Path(r["directory"]) / "passkey" for r in runs], out / "passkey.png")
+    return "\n".join(lines)
+
+
+def served_length(factor: float) -> int:
+    return int(TRAINED * factor)
+
+
+def run_config(rope: str, cache_dir: Path, out: Path, args: argparse.Namespace) -> dict:
+    rope_type, _, factor_text = rope.partition(":")
+    factor = float(factor_text or 1)
+    label = rope_type if rope_type == "none" else f"{rope_type} x{factor:g}"
+    port = free_port()
+    command = [
+        sys.executable, "-m", "server", "--port", str(port), "--cache-dir", str(cache_dir),
+        "--rope-type", rope_type, "--enforce-eager", "--cpu-kv-cache-space-gib", "4",
+        "--max-num-seqs", "2", "--request-timeout", "3600",
+    ]  # fmt: skip
+    if rope_type != "none":
+        command += ["--rope-factor", str(factor)]
+    longest = served_length(factor) - 8  # room for the one generated token, and the key
+    lengths = sorted({n for n in args.passkey_lengths if n < longest} | {longest})
+    started = time.monotonic()
+    log = out / f"{label.replace(' ', '_')}.log"
+    common = ["--base-url", "", "--model", "smollm2-135m-instruct", "--label", label,
+              "--trained-context", str(TRAINED)]  # fmt: skip
+    with serving(command, port, log, timeout=900) as server:
+        common[1] = server.base_url
+        startup = time.monotonic() - started
+        directory = out / label.replace(" ", "_")
+        resonance_eval(["perplexity", *common, "--lengths", str(longest), "--documents",
+                        str(args.documents), "--bucket", "1024",
+                        "--out", str(directory / "perplexity")])  # fmt: skip
+        resonance_eval(["passkey", *common, "--lengths", ",".join(map(str, lengths)),
+                        "--depths", args.depths, "--samples", str(args.samples),
+                        "--candidates", str(args.candidates),
+                        "--out", str(directory / "passkey")])  # fmt: skip
+    return {"label": label, "startup_s": round(startup, 1), "directory": str(directory)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default=DEFAULT_CONFIGS)
+    parser.add_argument("--documents", type=int, default=1)
+    parser.add_argument("--passkey-lengths", default="4000,12000")
+    parser.add_argument("--depths", default="0.1,0.5,0.9")
+    parser.add_argument("--samples", type=int, default=1)
+    parser.add_argument("--candidates", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("results/long-context-quality"))
+    args = parser.parse_args()
+    args.passkey_lengths = [int(n) for n in args.passkey_lengths.split(",")]
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    with tempfile.TemporaryDirectory() as cache:
+        for rope in args.configs.split(","):
+            runs.append(run_config(rope, Path(cache), args.out, args))
+            (args.out / "runs.json").write_text(json.dumps(runs, indent=2))
+            print(json.dumps(runs[-1]), flush=True)
+    tables = markdown(args.out, runs)
+    (args.out / "tables.md").write_text(tables + "\n")
+    print(tables)
+
+
+if __name__ == "__main__":
+    main()
