@@ -23,7 +23,7 @@ from evals.report import plot_runs
 from harness.servers import free_port, serving
 
 TRAINED = 8192
-DEFAULT_CONFIGS = "none,yarn:2,resonance_yarn:2,ntk:2,resonance_ntk:2"
+DEFAULT_CONFIGS = "none,yarn:4,resonance_yarn:4"
 
 
 def resonance_eval(argv: list[str]) -> None:
@@ -89,8 +89,8 @@ def run_config(rope: str, cache_dir: Path, out: Path, args: argparse.Namespace) 
     ]  # fmt: skip
     if rope_type != "none":
         command += ["--rope-factor", str(factor)]
-    longest = served_length(factor) - 8  # room for the one generated token, and the key
-    lengths = sorted({n for n in args.passkey_lengths if n < longest} | {longest})
+    longest = min(served_length(factor), args.longest) - 8  # room for the generated token
+    lengths = [n for n in args.passkey_lengths if n < longest]
     started = time.monotonic()
     log = out / f"{label.replace(' ', '_')}.log"
     common = ["--base-url", "", "--model", "smollm2-135m-instruct", "--label", label,
@@ -113,10 +113,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default=DEFAULT_CONFIGS)
     parser.add_argument("--documents", type=int, default=1)
+    parser.add_argument("--longest", type=int, default=24576, help="longest prompt scored")
     parser.add_argument("--passkey-lengths", default="4000,12000")
-    parser.add_argument("--depths", default="0.1,0.5,0.9")
+    parser.add_argument("--depths", default="0.5")
     parser.add_argument("--samples", type=int, default=1)
-    parser.add_argument("--candidates", type=int, default=2)
+    parser.add_argument("--candidates", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("results/long-context-quality"))
     args = parser.parse_args()
     args.passkey_lengths = [int(n) for n in args.passkey_lengths.split(",")]
