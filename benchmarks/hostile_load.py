@@ -138,11 +138,18 @@ def probe_health_under_streams(server: RunningServer) -> str:
 def probe_silent_connections(server: RunningServer) -> str:
     silent = [socket.create_connection(("127.0.0.1", port_of(server))) for _ in range(200)]
     slow = socket.create_connection(("127.0.0.1", port_of(server)))
-    for _ in range(30):
-        slow.sendall(b"G")  # a byte a second: never a whole request
+    slow_closed = "still open after 30 s"
+    trickle = b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: y\r\n" * 10
+    for second in range(30):
+        try:
+            slow.sendall(trickle[second : second + 1])  # a byte a second: headers never end
+        except OSError:
+            slow_closed = f"closed by the server after {second} s"
+            break
         time.sleep(1)
+    time.sleep(max(0.0, 30 - second))
     open_count = 0
-    for sock in [*silent, slow]:
+    for sock in silent:
         sock.settimeout(0.05)
         try:
             open_count += sock.recv(1) != b""
@@ -151,7 +158,7 @@ def probe_silent_connections(server: RunningServer) -> str:
         except OSError:
             pass
         sock.close()
-    return f"of 200 silent sockets and 1 slow header, {open_count} still open after 30 s"
+    return f"{open_count} of 200 silent sockets still open after 30 s; a slow header {slow_closed}"
 
 
 def probe_open_routes(server: RunningServer) -> str:
@@ -222,8 +229,9 @@ PROBES = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--probes", default=",".join(PROBES))
+    parser.add_argument("--kv-cache-gib", default=None, help="VLLM_CPU_KVCACHE_SPACE (unset)")
     args = parser.parse_args()
-    env = {"VLLM_CPU_KVCACHE_SPACE": None}
+    env = {"VLLM_CPU_KVCACHE_SPACE": args.kv_cache_gib}
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = build_tiny_checkpoint(Path(tmp) / "model", max_position_embeddings=256)
         port = free_port()
