@@ -21,8 +21,13 @@ _PR_SET_PDEATHSIG = 1
 
 def install() -> None:
     front_end = os.environ.get(ENV)
-    if front_end is None or str(os.getppid()) != front_end:
-        return  # not the engine core of resonance-serve (the front end, a worker, or vLLM alone)
+    if front_end is None or str(os.getpid()) == front_end:
+        return  # not started by resonance-serve (vLLM alone), or the front end itself
+    parent = os.getppid()
+    if str(parent) != front_end:
+        if parent == 1:  # orphaned already (in a container the front end may be pid 1 itself)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return  # a worker: it follows its engine core
     if os.getpgid(0) == os.getpid():
         return  # done already (plugins may load more than once)
     os.setpgid(0, 0)
