@@ -9,6 +9,8 @@ bound it gets 429 with Retry-After at once instead of queueing without end.
 
 from dataclasses import dataclass
 
+from prometheus_client import Gauge
+
 from server.errors import APIError
 
 RETRY_AFTER_SECONDS = 1
@@ -67,4 +69,17 @@ class Admission:
             f"server busy: {reason}; retry later",
             code="server_busy",
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+
+def export_metrics(admission: Admission) -> None:
+    """What is admitted now, against each limit, as gauges (one set per process)."""
+    gauge = Gauge(
+        "resonance_admitted",
+        "Admitted and not yet finished: requests, engine sequences, tokens",
+        ["resource"],
+    )
+    for resource in ("requests", "sequences", "tokens"):
+        gauge.labels(resource=resource).set_function(
+            lambda resource=resource: getattr(admission, resource)
         )

@@ -4,7 +4,7 @@ from importlib.metadata import version
 
 from fastapi import FastAPI
 
-from server.admission import Admission
+from server.admission import Admission, export_metrics
 from server.engine import Engine
 from server.errors import install_error_handlers
 from server.execution import Executor
@@ -30,6 +30,7 @@ def create_app(engine: Engine, settings: Settings, state: ServerState) -> FastAP
     admission = Admission(
         settings.max_concurrent_requests, settings.max_concurrent_sequences, max_tokens
     )
+    export_metrics(admission)
     prompts = PromptTokenizer(engine.tokenizer, info.max_model_len, TOKENIZER_CONCURRENCY)
     limits = Limits(
         max_model_len=info.max_model_len,

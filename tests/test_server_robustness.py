@@ -160,6 +160,8 @@ def test_each_admission_limit_gets_429_and_the_server_recovers(http, limit):
         for i in range(count):
             body = {"model": MODEL_NAME, "ignore_eos": True, "stream": True, "seed": i, **fields}
             streams.append(open_stream(http, body))
+        admitted = metric(http, 'resonance_admitted{resource="requests"}')
+        assert admitted == count, f"{admitted} of the {count} streams still admitted"
         over = http.post("/v1/completions", json={"model": MODEL_NAME, **fields})
         assert over.status_code == 429, over.text[:300]
         assert over.headers["retry-after"] == "1"
