@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
+
 from harness.servers import free_port, serving
 from loadtests.cli import Options, run_loadtest
 
@@ -32,8 +34,11 @@ def main() -> None:
             "--cpu-kv-cache-space-gib", str(args.kv_cache_gib),
         ]  # fmt: skip
         # A first start converts the GGUF file; the second is what a user sees every time.
-        with serving(command, port, Path(tmp) / "first.log", timeout=900):
-            pass
+        with serving(command, port, Path(tmp) / "first.log", timeout=900) as first:
+            chat = httpx.post(f"{first.base_url}/v1/chat/completions", timeout=300, json={
+                "model": MODEL, "temperature": 0, "max_tokens": 32,
+                "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            }).json()["choices"][0]["message"]["content"]  # fmt: skip
         started = time.monotonic()
         with serving(command, port, Path(tmp) / "server.log", timeout=900) as server:
             startup = time.monotonic() - started
@@ -65,6 +70,7 @@ def main() -> None:
     print(f"\ndemo ({MODEL}, resonance_yarn x4 to {SERVED}): start-up {startup:.0f} s "
           f"(GGUF already converted); {memory} (server + engine, KV cache "
           f"{args.kv_cache_gib} GiB)")  # fmt: skip
+    print(f"greedy answer to 'What is the capital of France?': {chat!r}")
     print("| prompt tokens | TTFT p50 (ms) | E2E p50 (ms) |\n|---|---|---|")
     for n, row in ttft:
         print(f"| {n} | {row['ttft_ms']['p50']:.0f} | {row['e2e_ms']['p50']:.0f} |")
