@@ -43,9 +43,13 @@ class Client:
     async def close(self) -> None:
         await self.http.aclose()
 
-    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _request(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The JSON answer of POST (or GET, without a body); anything else as one EvalError."""
         try:
-            response = await self.http.post(path, json=body)
+            if body is None:
+                response = await self.http.get(path)
+            else:
+                response = await self.http.post(path, json=body)
         except httpx.HTTPError as error:
             raise EvalError(f"{path}: {type(error).__name__}: {error}") from None
         if response.status_code != 200:
@@ -58,11 +62,9 @@ class Client:
 
     async def info(self) -> ServerInfo:
         try:
-            response = await self.http.get("/v1/models")
-            response.raise_for_status()
-            cards = response.json()["data"]
-        except (httpx.HTTPError, ValueError, KeyError) as error:
-            raise EvalError(f"/v1/models: {type(error).__name__}: {error}") from None
+            cards = (await self._request("/v1/models"))["data"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise EvalError(f"/v1/models: unexpected answer ({error})") from None
         card = next((c for c in cards if c.get("id") == self.model), None)
         if card is None:
             names = ", ".join(str(c.get("id")) for c in cards)
@@ -74,7 +76,7 @@ class Client:
         if self.local is not None:
             return self.local(text, add_special_tokens=special).input_ids
         body = {"model": self.model, "prompt": text, "add_special_tokens": special}
-        return (await self._post("/tokenize", body))["tokens"]
+        return (await self._request("/tokenize", body))["tokens"]
 
     async def prompt_logprobs(self, ids: list[int]) -> list[float | None]:
         """log p(token i | tokens before it) for every prompt token (None for the first)."""
@@ -86,7 +88,7 @@ class Client:
             "echo": True,
             "logprobs": 0,
         }
-        choice = (await self._post("/v1/completions", body))["choices"][0]
+        choice = (await self._request("/v1/completions", body))["choices"][0]
         values = choice["logprobs"]["token_logprobs"][: len(ids)]
         if len(values) != len(ids):
             raise EvalError(f"{len(values)} prompt log-probabilities for {len(ids)} tokens")
@@ -95,7 +97,7 @@ class Client:
     async def complete(self, ids: list[int], max_tokens: int) -> tuple[str, int]:
         """Greedy text after the prompt, and the prompt tokens the server counted."""
         body = {"model": self.model, "prompt": ids, "max_tokens": max_tokens, "temperature": 0}
-        answer = await self._post("/v1/completions", body)
+        answer = await self._request("/v1/completions", body)
         return answer["choices"][0]["text"], answer["usage"]["prompt_tokens"]
 
     async def chat(self, text: str, max_tokens: int) -> tuple[str, int]:
@@ -105,5 +107,5 @@ class Client:
             "max_tokens": max_tokens,
             "temperature": 0,
         }
-        answer = await self._post("/v1/chat/completions", body)
+        answer = await self._request("/v1/chat/completions", body)
         return answer["choices"][0]["message"]["content"] or "", answer["usage"]["prompt_tokens"]

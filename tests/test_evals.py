@@ -127,29 +127,25 @@ def test_passkey_places_the_key_where_asked_and_scores_it(server, http, tmp_path
     assert (out / "passkey.png").stat().st_size > 0
 
 
-def test_failing_and_unreachable_servers_are_reported_not_raised(server, tmp_path):
-    out = tmp_path / "too-long"
-    code = run_eval(
-        "perplexity", "--base-url", server.base_url, "--model", MODEL_NAME, "--api-key",
-        API_KEY, "--lengths", "4096", "--out", str(out),
-    )  # fmt: skip
-    assert code == 1
-    summary, _ = load(out)
-    assert "do not fit the server's context of 1024 tokens" in summary["errors"][0]
-    out = tmp_path / "nobody"
-    code = run_eval(
-        "passkey", "--base-url", f"http://127.0.0.1:{free_port()}", "--model", "m",
-        "--lengths", "300", "--out", str(out),
-    )  # fmt: skip
-    assert code == 1
-    summary, _ = load(out)
-    assert "ConnectError" in summary["errors"][0]
-    out = tmp_path / "wrong-key"
-    code = run_eval(
-        "passkey", "--base-url", server.base_url, "--model", MODEL_NAME, "--api-key", "nope",
-        "--lengths", "300", "--out", str(out),
-    )  # fmt: skip
-    assert code == 1 and load(out)[0]["errors"]
+@pytest.mark.parametrize(
+    ("evaluation", "where", "key", "lengths", "error"),
+    [
+        ("perplexity", "server", API_KEY, "4096", "do not fit the server's context of 1024"),
+        ("passkey", "nobody", None, "300", "ConnectError"),
+        ("passkey", "server", "wrong-key", "300", "HTTP 401"),
+    ],
+)
+def test_failing_and_unreachable_servers_are_reported_not_raised(
+    server, tmp_path, evaluation, where, key, lengths, error
+):
+    url = server.base_url if where == "server" else f"http://127.0.0.1:{free_port()}"
+    arguments = [evaluation, "--base-url", url, "--model", MODEL_NAME, "--lengths", lengths,
+                 "--out", str(tmp_path)]  # fmt: skip
+    if key:
+        arguments += ["--api-key", key]
+    assert run_eval(*arguments) == 1
+    summary, _ = load(tmp_path)
+    assert error in summary["errors"][0]
 
 
 def test_plot_overlays_runs(perplexity_run, tmp_path):
