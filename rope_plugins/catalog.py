@@ -24,6 +24,11 @@ SERVABLE_TYPES = ("none", *BASE_TYPES[1:], *RESONANCE_TYPES)
 # Methods whose config max_position_embeddings already counts the extension (the HF and vLLM
 # convention); for the others the served length is max_position_embeddings * factor.
 EXTENDED_MAX_POSITION_METHODS = frozenset({"yarn", "llama3"})
+# vLLM types that serve max_position_embeddings * factor from a cos/sin table of only
+# max_position_embeddings rows (vLLM 0.32's fixed and dynamic NTK): a position past it reads
+# beyond the table, so an override states the served length there. Fixed NTK does not depend on
+# it; dynamic NTK then reads it as the length it is evaluated at, over max_trained_positions.
+SHORT_TABLE_TYPES = frozenset({"ntk", "dynamic"})
 # Keys that belong to one scaling method; switching methods drops them and keeps the rest
 # (rope_theta, partial_rotary_factor, ...).
 SCALING_KEYS = frozenset(
@@ -93,7 +98,7 @@ def served_max_positions(params: Mapping[str, Any], max_position: int) -> int:
 
 def config_max_position_embeddings(rope_type: str, factor: float, original: int) -> int:
     """max_position_embeddings that a config of this type must state to serve the extension."""
-    if reads_extended_max_position(rope_type):
+    if reads_extended_max_position(rope_type) or rope_type in SHORT_TABLE_TYPES:
         return served_length(rope_type, factor, original)
     return original
 
@@ -112,6 +117,8 @@ def scaled_rope_parameters(
     params["rope_theta"] = checkpoint.get("rope_theta") or DEFAULT_ROPE_THETA
     if takes_factor(rope_type):
         params |= {"factor": factor, "original_max_position_embeddings": original}
+        if base_method(rope_type) == "dynamic":
+            params["max_trained_positions"] = original
         wanted = METHOD_PARAMETERS.get(base_method(rope_type), ())
         params |= {k: v for k, v in extra.items() if k in wanted and v is not None}
     return params

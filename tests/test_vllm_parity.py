@@ -11,8 +11,10 @@ from vllm.model_executor.layers import rotary_embedding
 
 import rope_plugins
 from rope_plugins import frequencies as f
+from rope_plugins.catalog import SERVABLE_TYPES, takes_factor
 from rope_plugins.resonance import resonance_rope
 from rope_plugins.vllm_rotary import ResonanceRotaryEmbedding
+from server.settings import Settings, rope_override
 from tests import reference as ref
 
 HEAD, BASE, ORIGINAL, FACTOR = 128, 10000.0, 2048, 4.0
@@ -145,3 +147,40 @@ def test_a_get_rope_without_the_parameters_read_fails_at_register_naming_vllm():
 
     with pytest.raises(RuntimeError, match=rf"vLLM {vllm.__version__} .*rope_parameters"):
         _wrap_get_rope(renamed)
+
+
+@pytest.mark.parametrize("rope_type", [t for t in SERVABLE_TYPES if takes_factor(t)])
+def test_every_served_position_has_a_row_in_vllms_table(rope_type):
+    """The config the server writes makes vLLM build a cos/sin row for each served position
+    (vLLM's kernels do not check: a position past the table reads other memory)."""
+    settings = Settings(model="m", rope_type=rope_type, rope_factor=FACTOR)
+    checkpoint = {"rope_theta": BASE}
+    extra = {"low_freq_factor": 1.0, "high_freq_factor": 4.0} if "llama3" in rope_type else {}
+    override = rope_override(settings, checkpoint, ORIGINAL)
+    params = {**override.rope_parameters, **extra}
+    rope = rotary_embedding.get_rope(
+        HEAD, override.max_position_embeddings, True, params, torch.float32
+    )
+    assert override.max_model_len == ORIGINAL * FACTOR
+    assert rope.cos_sin_cache.shape[0] >= override.max_model_len
+
+
+@pytest.mark.parametrize(
+    ("rope_type", "theta"),
+    [
+        ("ntk", ref.ntk(HEAD, BASE, FACTOR)),
+        # dynamic NTK at the served length, as the static table of resonance_dynamic
+        ("dynamic", ref.rope(HEAD, BASE * (FACTOR * FACTOR - FACTOR + 1) ** (HEAD / (HEAD - 2)))),
+    ],
+)
+def test_ntk_tables_hold_the_methods_frequencies_at_every_served_position(rope_type, theta):
+    settings = Settings(model="m", rope_type=rope_type, rope_factor=FACTOR)
+    override = rope_override(settings, {"rope_theta": BASE}, ORIGINAL)
+    rope = rotary_embedding.get_rope(
+        HEAD, override.max_position_embeddings, True, override.rope_parameters, torch.float32
+    )
+    positions = np.arange(override.max_model_len)
+    expected = ref.cos_sin(theta, positions)
+    table = rope.cos_sin_cache[: len(positions)].double().numpy()
+    # vLLM computes these angles in float32: about 1e-3 rad off at position 8192
+    np.testing.assert_allclose(table, expected, atol=2e-3, rtol=0)
