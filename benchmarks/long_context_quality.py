@@ -13,6 +13,7 @@ per-position buckets cover every shorter position) and a few passkey prompts.
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -35,31 +36,36 @@ def resonance_eval(argv: list[str]) -> None:
             print(f"resonance-eval {argv[0]} reported failures", flush=True)
 
 
+WINDOWS = [(0, 4096), (4096, 8192), (8192, 12288), (12288, 16384), (16384, 32768)]
+
+
+def _window_perplexity(buckets: list[dict], start: int, end: int) -> float | None:
+    rows = [b for b in buckets if b["start"] >= start and b["end"] <= end]
+    tokens = sum(b["end"] - b["start"] for b in rows)
+    if not rows:
+        return None
+    return math.exp(sum(b["mean_nll"] * (b["end"] - b["start"]) for b in rows) / tokens)
+
+
 def markdown(out: Path, runs: list[dict]) -> str:
     """The tables for docs/RESULTS.md, from the runs' summary.json files."""
-    lines = ["| configuration | served | start-up (s) | perplexity 1-4K | 4-8K | 8-12K | 12-16K "
-             "| 16-32K |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    keys = []
+    rows, keys = [], []
     for run in runs:
         directory = Path(run["directory"])
         summary = json.loads((directory / "perplexity" / "summary.json").read_text())
         (buckets,) = summary["buckets"].values()
-        windows = [(0, 4096), (4096, 8192), (8192, 12288), (12288, 16384), (16384, 32768)]
-        cells = []
-        for start, end in windows:
-            rows = [b for b in buckets if b["start"] >= start and b["end"] <= end]
-            tokens = sum(b["end"] - b["start"] for b in rows)
-            mean = (
-                sum(b["mean_nll"] * (b["end"] - b["start"]) for b in rows) / tokens
-                if rows
-                else None
-            )
-            cells.append("-" if mean is None else f"{2.718281828**mean:.2f}")
-        lines.append(f"| {run['label']} | {summary['max_model_len']} | {run['startup_s']} | "
-                     + " | ".join(cells) + " |")  # fmt: skip
+        cells = [_window_perplexity(buckets, start, end) for start, end in WINDOWS]
+        rows.append((run, summary["max_model_len"], cells))
         passkey = json.loads((directory / "passkey" / "summary.json").read_text())
-        for cell in passkey["cells"]:
-            keys.append((run["label"], cell))
+        keys += [(run["label"], cell) for cell in passkey["cells"]]
+    shown = [i for i in range(len(WINDOWS)) if any(cells[i] is not None for *_, cells in rows)]
+    titles = [f"{WINDOWS[i][0] // 1024}-{WINDOWS[i][1] // 1024}K" for i in shown]
+    lines = ["| configuration | served | start-up (s) | perplexity " + " | ".join(titles) + " |",
+             "|---|---|---|" + "---|" * len(shown)]  # fmt: skip
+    for run, served, cells in rows:
+        values = ["-" if cells[i] is None else f"{cells[i]:.2f}" for i in shown]
+        lines.append(f"| {run['label']} | {served} | {run['startup_s']} | "
+                     + " | ".join(values) + " |")  # fmt: skip
     lines += ["", "| configuration | prompt tokens | depth | exact match | log p(key) | rank of "
               "the key (1 = best) |", "|---|---|---|---|---|---|"]  # fmt: skip
     for label, cell in keys:

@@ -88,7 +88,7 @@ def plot(results: Sequence[dict[str, Any]], trained: int, out: Path) -> Path:
         axis.set_xlabel("position of the target token")
         axis.set_ylim(0, 102)
     axes[0][0].set_ylabel("teacher-forced accuracy (%)")
-    axes[0][-1].legend(fontsize=8, loc="lower left")
+    axes[0][-1].legend(fontsize=8, loc="best")
     figure.tight_layout()
     figure.savefig(out, dpi=120)
     plt.close(figure)
