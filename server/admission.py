@@ -4,7 +4,8 @@ One 30K-token prompt costs what a thousand short ones do, and one request with m
 and a large ``n`` is many engine sequences, so the server bounds all three in flight. A request
 is admitted in two steps: before its prompts are tokenized (a request and its sequences), then
 once its token count is known (each sequence's prompt plus the output it may generate). Past any
-bound it gets 429 with Retry-After at once instead of queueing without end.
+bound it gets 429 with Retry-After at once instead of queueing without end; a request larger
+than a bound on its own gets 400, since no retry could ever admit it.
 """
 
 from dataclasses import dataclass
@@ -28,6 +29,14 @@ class Ticket:
     def charge(self, tokens: int) -> None:
         """Add the request's tokens (prompt + output of every sequence); 429 past the bound."""
         admission = self.admission
+        if tokens > admission.max_tokens:
+            raise APIError(
+                400,
+                f"this request needs {tokens} tokens (prompts plus max_tokens of every "
+                f"sequence) and the server holds at most {admission.max_tokens} at once; "
+                "send fewer prompts, a smaller n or max_tokens",
+                param="max_tokens",
+            )
         if admission.tokens + tokens > admission.max_tokens:
             admission.refuse(
                 f"{admission.tokens} tokens are in flight and this request adds {tokens} "
@@ -52,6 +61,13 @@ class Admission:
 
     def admit(self, sequences: int) -> Ticket:
         """Hold a place for one request of ``sequences`` engine sequences; 429 if full."""
+        if sequences > self.max_sequences:
+            raise APIError(
+                400,
+                f"this request is {sequences} sequences (n x prompts) and the server runs at "
+                f"most {self.max_sequences} at once; send fewer prompts or a smaller n",
+                param="n",
+            )
         if self.requests >= self.max_requests:
             self.refuse(f"{self.requests} requests are in flight (limit {self.max_requests})")
         if self.sequences + sequences > self.max_sequences:

@@ -184,6 +184,21 @@ def test_one_request_may_not_ask_for_more_sequences_than_its_limit(http):
     assert "n x prompts must be at most 64 (got 16 x 8)" in response.json()["error"]["message"]
 
 
+def test_a_request_over_a_limit_on_its_own_is_a_400_not_a_429(http):
+    """No retry could ever admit it, so the client is told to send less, not to wait."""
+    body = {"model": MODEL_NAME, "prompt": [[5]] * 4, "n": 16, "max_tokens": 8}
+    response = http.post("/v1/completions", json=body)
+    assert response.status_code == 400, response.text[:300]
+    assert f"runs at most {MAX_SEQUENCES} at once" in response.json()["error"]["message"]
+    body = {"model": MODEL_NAME, "prompt": [[5]] * 3, "n": 16, "max_tokens": 1000}
+    response = http.post("/v1/completions", json=body)
+    assert response.status_code == 400, response.text[:300]
+    message = response.json()["error"]["message"]
+    assert f"needs {48 * 1001} tokens" in message
+    assert f"holds at most {MAX_QUEUED_TOKENS} at once" in message
+    assert greedy(http)
+
+
 def test_oversized_prompts_are_refused_at_once_and_hold_nobody_up(http, server, capsys):
     """Eight 7.8 MB prompts, far over the context, at once with a small request."""
     body = json.dumps({"model": MODEL_NAME, "prompt": "word " * 1_560_000, "max_tokens": 1})

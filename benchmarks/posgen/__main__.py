@@ -37,6 +37,7 @@ def serve_command(checkpoint: Path, rope_type: str, port: int) -> list[str]:
         sys.executable, "-m", "server", "--model", str(checkpoint), "--port", str(port),
         "--served-model-name", "posgen", "--rope-type", rope_type, "--dtype", "float32",
         "--enforce-eager", "--cpu-kv-cache-space-gib", "1",
+        "--max-queued-tokens", str(scoring.PROMPTS_PER_REQUEST * TEST_LENGTH * 4),
     ]  # fmt: skip
     if rope_type in ("yarn", "resonance_yarn"):
         command += ["--rope-factor", str(FACTOR), "--original-max-position-embeddings",
