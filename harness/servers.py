@@ -65,17 +65,26 @@ def start_server(
         start_new_session=True,  # its own process group: the engine's processes included
     )
     server = RunningServer(f"http://127.0.0.1:{port}", process, log)
+    try:
+        _wait_until_healthy(server, timeout)
+    except BaseException:  # a timeout, and an interrupt while waiting: nothing left running
+        stop_server(server)
+        raise
+    return server
+
+
+def _wait_until_healthy(server: RunningServer, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{server.output()}")
+        if server.process.poll() is not None:
+            code = server.process.returncode
+            raise RuntimeError(f"server exited with {code}:\n{server.output()}")
         try:
             if httpx.get(f"{server.base_url}/health", timeout=2).status_code == 200:
-                return server
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    stop_server(server)
     raise RuntimeError(f"server did not become healthy:\n{server.output()}")
 
 
