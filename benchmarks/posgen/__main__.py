@@ -2,11 +2,13 @@
 
 For each task and seed: one model trained with plain RoPE (served as the RoPE and YaRN rows)
 and one trained with Resonance RoPE (the Resonance RoPE and Resonance-YaRN rows); each served
-by resonance-serve with the row's --rope-type and scored over HTTP. Checkpoints and per-seed
-results are kept in --out, so an interrupted run resumes where it stopped.
+by resonance-serve with the row's --rope-type and scored over HTTP, while the next model
+trains. Checkpoints and per-seed results are kept in --out, so an interrupted run resumes where
+it stopped.
 """
 
 import argparse
+import concurrent.futures
 import json
 import sys
 import time
@@ -53,7 +55,8 @@ def trained_checkpoint(
     if (directory / "posgen.json").exists():
         return directory
     model, tokenizer = posgen_model.build_model(args.size, rope, tasks.MODULUS, TEST_LENGTH, seed)
-    facts = training.train(model, data["train"], args.plan, seed, f"{task} {rope} seed {seed}")
+    label = f"{task} {rope} seed {seed}"
+    facts = training.train(model, data["train"], args.plan, seed, label, args.threads)
     facts["validation_accuracy"] = training.teacher_forced_accuracy(model, data["validation"])
     facts |= {"task": task, "rope_type": rope, "seed": seed, "train_length": TRAIN_LENGTH,
               "size": vars(args.size), "plan": vars(args.plan)}  # fmt: skip
@@ -94,6 +97,28 @@ def scored_row(
     return result
 
 
+def _train_and_submit(
+    args: argparse.Namespace, sizes: dict, scorer: concurrent.futures.Executor, rows: list
+) -> None:
+    """Train each checkpoint in turn, handing its rows to ``scorer`` as soon as it is saved."""
+    for task in args.tasks.split(","):
+        for seed in range(args.seeds):
+            seeds = tasks.split_seeds(sizes, shuffle_seed=seed)
+            data = {
+                name: [tasks.sequence(task, s, TRAIN_LENGTH) for s in seeds[name]]
+                for name in ("train", "validation")
+            }
+            test = [tasks.sequence(task, s, TEST_LENGTH) for s in seeds["test"]]
+            for rope in TRAINED_ROPE_TYPES:
+                checkpoint = trained_checkpoint(args.out, task, rope, seed, data, args)
+                if args.train_only:
+                    continue
+                for row, (trained_with, served) in report.ROWS.items():
+                    if trained_with == rope:
+                        job = (args.out, checkpoint, row, served, test)
+                        rows.append(scorer.submit(scored_row, *job))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default=",".join(tasks.TASKS))
@@ -111,35 +136,29 @@ def main(argv: list[str] | None = None) -> None:
         args.plan = training.TrainingPlan(**{**vars(args.plan), "epochs": args.epochs})
     sizes = {"train": args.plan.train_sequences, **HELD_OUT}
     started = time.monotonic()
-    trained = []  # (checkpoint, the rope type it trained with, its test sequences)
-    for task in args.tasks.split(","):
-        for seed in range(args.seeds):
-            seeds = tasks.split_seeds(sizes, shuffle_seed=seed)
-            data = {
-                name: [tasks.sequence(task, s, TRAIN_LENGTH) for s in seeds[name]]
-                for name in ("train", "validation")
-            }
-            test = [tasks.sequence(task, s, TEST_LENGTH) for s in seeds["test"]]
-            for rope in TRAINED_ROPE_TYPES:
-                trained.append(
-                    (trained_checkpoint(args.out, task, rope, seed, data, args), rope, test)
-                )
-    print(f"training: {time.monotonic() - started:.0f} s", flush=True)
+    # Each checkpoint is served and scored in a second thread while the next one trains: the
+    # engine is bound to one core, the training runs on the other.
+    import torch
+
+    rows: list[concurrent.futures.Future] = []
+    cores = torch.get_num_threads()
+    # One training thread while a server is scoring: a second would share the engine's core and
+    # wait on it at every operation; all of them otherwise.
+    args.threads = lambda: 1 if any(not row.done() for row in rows) else cores
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as scorer:
+        try:
+            _train_and_submit(args, sizes, scorer, rows)
+            results = [row.result() for row in rows]
+        except BaseException:  # Ctrl-C: the row being scored ends (its server stopped), no more
+            scorer.shutdown(cancel_futures=True)
+            raise
+    print(f"total: {time.monotonic() - started:.0f} s", flush=True)
     if args.train_only:
         return
-    scoring_started = time.monotonic()
-    results = [
-        scored_row(args.out, checkpoint, row, served, test)
-        for checkpoint, rope, test in trained
-        for row, (trained_with, served) in report.ROWS.items()
-        if trained_with == rope
-    ]
-    print(f"serving and scoring: {time.monotonic() - scoring_started:.0f} s", flush=True)
     tables = report.tables(results)
     (args.out / "tables.md").write_text(tables + "\n")
     report.plot(results, TRAIN_LENGTH, args.out / "accuracy_by_position.png")
     print(tables)
-    print(f"total: {time.monotonic() - started:.0f} s")
 
 
 if __name__ == "__main__":

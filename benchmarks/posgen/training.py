@@ -1,6 +1,7 @@
 """Training a PosGen model with transformers: next-token loss on every token after the seeds."""
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,9 +29,18 @@ def _batch(rows: Any) -> tuple[Any, Any]:
 
 
 def train(
-    model: Any, sequences: list[list[int]], plan: TrainingPlan, seed: int, label: str
+    model: Any,
+    sequences: list[list[int]],
+    plan: TrainingPlan,
+    seed: int,
+    label: str,
+    threads: Callable[[], int] | None = None,
 ) -> dict[str, float]:
-    """Train in place; returns the last epoch's mean loss, tokens per second and seconds."""
+    """Train in place; returns the last epoch's mean loss, tokens per second and seconds.
+
+    ``threads``, asked every few steps, sets how many threads PyTorch may use now (one while a
+    server is scoring on the other core).
+    """
     import torch
     from tqdm import tqdm
     from transformers import get_cosine_schedule_with_warmup
@@ -51,6 +61,8 @@ def train(
             order = torch.randperm(len(data), generator=generator)
             losses = []
             for start in range(0, len(data), plan.batch_size):
+                if threads is not None and bar.n % 16 == 0:
+                    torch.set_num_threads(threads())
                 inputs, labels = _batch(data[order[start : start + plan.batch_size]])
                 loss = model(input_ids=inputs, labels=labels).loss
                 loss.backward()
