@@ -14,6 +14,7 @@ from server.routes import chat, completions, models, probes, tokens
 from server.sampling import Limits
 from server.services import Services
 from server.settings import Settings
+from server.tools import parser_class
 
 # Prompts tokenized at once: more would only queue for the same cores.
 TOKENIZER_CONCURRENCY = 2
@@ -31,7 +32,10 @@ def create_app(engine: Engine, settings: Settings, state: ServerState) -> FastAP
         settings.max_concurrent_requests, settings.max_concurrent_sequences, max_tokens
     )
     export_metrics(admission)
-    prompts = PromptTokenizer(engine.tokenizer, info.max_model_len, TOKENIZER_CONCURRENCY)
+    template = settings.chat_template.read_text() if settings.chat_template else None
+    prompts = PromptTokenizer(
+        engine.tokenizer, info.max_model_len, TOKENIZER_CONCURRENCY, template
+    )
     limits = Limits(
         max_model_len=info.max_model_len,
         vocab_size=prompts.vocab_size,
@@ -47,6 +51,7 @@ def create_app(engine: Engine, settings: Settings, state: ServerState) -> FastAP
         prompts=prompts,
         executor=Executor(engine, admission, limits, settings.request_timeout),
         limits=limits,
+        tool_parser=parser_class(settings.tool_call_parser),
     )
     for module in (completions, chat, models, tokens, probes):
         app.include_router(module.router)

@@ -1,5 +1,6 @@
 """vLLM's async engine for one served model, and what the front end needs to know of it."""
 
+import asyncio
 import logging
 import math
 import os
@@ -10,6 +11,7 @@ from typing import Any
 import psutil
 
 from server import engine_signals
+from server.constraints import ConstraintCompiler
 from server.demo import ModelSource, resolve_model
 from server.metrics import Metrics
 from server.settings import Settings, rope_override
@@ -141,6 +143,8 @@ class Engine:
         )
         self.llm = AsyncLLM.from_vllm_config(vllm_config, stat_loggers=[self.metrics.stat_logger()])
         self.tokenizer = self.llm.get_tokenizer()
+        self.constraints = ConstraintCompiler(vllm_config, settings.structured_output_timeout)
+        self.constraints.start()
         # The checkpoint's generation_config.json defaults, applied as vLLM's server does.
         self.default_sampling = model_config.get_diff_sampling_param()
         logger.info(
@@ -180,6 +184,24 @@ class Engine:
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(gib)
         logger.info("KV cache of the CPU build: %d GiB (--cpu-kv-cache-space-gib)", gib)
 
+    async def check_constraint(self, params: Any) -> None:
+        """vLLM's own checks of a request's structured-output constraint, off the event loop,
+        then its compilation within the time limit (`server.constraints`)."""
+        config = self.llm.vllm_config
+        trial = params.clone()
+        await asyncio.wait_for(
+            asyncio.to_thread(
+                trial.verify,
+                config.model_config,
+                config.speculative_config,
+                config.structured_outputs_config,
+                self.tokenizer,
+            ),
+            self.constraints.timeout,
+        )
+        if trial.structured_outputs._backend == "xgrammar":
+            await self.constraints.check(trial.structured_outputs)
+
     @property
     def alive(self) -> bool:
         return not self.llm.errored
@@ -194,4 +216,5 @@ class Engine:
         await self.llm.check_health()
 
     def shutdown(self) -> None:
+        self.constraints.shutdown()
         self.llm.shutdown()

@@ -25,11 +25,12 @@ from vllm.utils.async_utils import merge_async_iterators
 
 from server import responses as r
 from server.admission import Admission, Ticket
+from server.constraints import ConstraintTimeout
 from server.engine import Engine
 from server.errors import NO_RETRY, APIError, as_api_error, error_body
 from server.middleware import record_status, release_at_end
 from server.prompts import Prompt
-from server.protocol import SamplingRequest
+from server.protocol import SamplingRequest, StreamOptions
 from server.sampling import Limits, check_request
 
 logger = logging.getLogger(__name__)
@@ -47,12 +48,15 @@ class Job:
     n: int
     stream: bool
     logprobs: int | None = None  # top-k per output token, or None
+    prompt_logprobs: int | None = None  # top-k per prompt token, or None
     echo: bool = False
-    include_usage: bool = False
+    stream_options: StreamOptions | None = None
     request_id: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
     expired: bool = False  # the request passed its deadline and was aborted
     echoed: set[int] = field(default_factory=set)  # streamed choices whose prompt was echoed
+    generated: int = 0  # output tokens streamed so far
+    cached: dict[int, int] = field(default_factory=dict)  # prompt index -> prefix-cache hits
 
     def __post_init__(self) -> None:
         self.request_id = self.request_id or f"{self.kind}-{uuid.uuid4().hex}"
@@ -64,6 +68,23 @@ class Job:
     @property
     def prompt_tokens(self) -> int:
         return sum(len(p.token_ids) for p in self.prompts)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def continuous_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.continuous_usage_stats)
+
+    def record(self, prompt_index: int, output: RequestOutput) -> None:
+        """Count a streamed output's tokens and its prompt's prefix-cache hits."""
+        self.generated += sum(len(c.token_ids) for c in output.outputs)
+        if output.num_cached_tokens is not None:
+            self.cached[prompt_index] = output.num_cached_tokens
+
+    def usage(self) -> dict[str, Any]:
+        return r.usage(self.prompt_tokens, self.generated, sum(self.cached.values()))
 
     @property
     def tokens(self) -> int:
@@ -82,7 +103,9 @@ class Endpoint(Protocol):
 
     def preamble(self, job: Job) -> dict[str, Any] | None: ...
 
-    def chunk(self, job: Job, prompt_index: int, output: RequestOutput) -> dict[str, Any]: ...
+    def chunk(
+        self, job: Job, prompt_index: int, output: RequestOutput
+    ) -> dict[str, Any] | None: ...
 
 
 class Executor:
@@ -121,6 +144,8 @@ class Executor:
         release_at_end(raw_request.scope, ticket.release)
         job = await endpoint.prepare(request)
         ticket.charge(job.tokens)
+        if job.params.structured_outputs is not None:
+            await self._check_constraint(job, _constraint_param(request))
         if job.stream:
             return DeadlineStreamingResponse(
                 self._event_stream(endpoint, job, raw_request.scope),
@@ -130,6 +155,24 @@ class Executor:
                 headers=SSE_HEADERS,
             )
         return JSONResponse(endpoint.whole(job, await self._final_outputs(job, ticket)))
+
+    async def _check_constraint(self, job: Job, param: str) -> None:
+        try:
+            await self.engine.check_constraint(job.params)
+        except (TimeoutError, ConstraintTimeout):
+            raise APIError(
+                400,
+                f"the {param} constraint did not compile within the server's "
+                f"{self.engine.constraints.timeout:g} s limit (--structured-output-timeout); "
+                "simplify it",
+                param=param,
+                code="constraint_too_complex",
+            ) from None
+        except Exception as error:
+            failure = as_api_error(error)
+            if failure.status >= 500:
+                raise failure from None
+            raise APIError(failure.status, f"{param}: {failure.message}", param=param) from None
 
     # ------------------------------------------------------------------ engine
     def _streams(self, job: Job) -> AsyncIterator[tuple[int, RequestOutput]]:
@@ -191,14 +234,18 @@ class Executor:
         preamble = endpoint.preamble(job)
         if preamble is not None:
             yield r.sse(preamble)
-        generated = 0
         try:
             with self._deadline(job):
                 async for i, output in self._streams(job):
                     if job.expired:
                         raise self._timed_out()
-                    generated += sum(len(c.token_ids) for c in output.outputs)
-                    yield r.sse(endpoint.chunk(job, i, output))
+                    job.record(i, output)
+                    chunk = endpoint.chunk(job, i, output)
+                    if chunk is None:
+                        continue  # nothing new (a step of chunked prefill): vLLM sends none
+                    if job.continuous_usage:
+                        chunk["usage"] = job.usage()
+                    yield r.sse(chunk)
             if job.expired:
                 raise self._timed_out()
         except Exception as error:
@@ -208,8 +255,17 @@ class Executor:
             return
         if job.include_usage:
             body = r.envelope(job.request_id, endpoint_object(job), self.model, job.created)
-            yield r.sse(body | {"choices": [], "usage": r.usage(job.prompt_tokens, generated)})
+            yield r.sse(body | {"choices": [], "usage": job.usage()})
         yield r.SSE_DONE
+
+
+def _constraint_param(request: SamplingRequest) -> str:
+    """The field a request's constraint came from, for its error."""
+    if request.response_format is not None and request.response_format.type != "text":
+        return "response_format"
+    if request.structured_outputs is not None:
+        return "structured_outputs"
+    return "tools"
 
 
 def endpoint_object(job: Job) -> str:

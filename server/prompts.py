@@ -35,8 +35,16 @@ def max_chars_per_token(tokenizer: Any) -> int:
 
 
 class PromptTokenizer:
-    def __init__(self, tokenizer: Any, max_model_len: int, concurrency: int) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        max_model_len: int,
+        concurrency: int,
+        chat_template: str | None = None,
+    ) -> None:
+        """``chat_template``: a Jinja template that replaces the checkpoint's own."""
         self.tokenizer, self.max_model_len = tokenizer, max_model_len
+        self.chat_template = chat_template
         self.vocab_size = len(tokenizer)
         self.max_chars = max_model_len * max_chars_per_token(tokenizer)
         self._slots = asyncio.Semaphore(concurrency)
@@ -76,19 +84,41 @@ class PromptTokenizer:
             )
         return Prompt(ids)
 
-    async def chat_prompt(self, messages: list[dict[str, str]]) -> Prompt:
-        """The chat template applied off the loop; the template writes the BOS token itself."""
+    async def chat_prompt(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+        extra: dict[str, Any] | None = None,
+    ) -> Prompt:
+        """The chat template applied off the loop; the template writes the BOS token itself.
+
+        Tools go to the template as transformers passes them; the template decides how (or
+        whether) the model sees them.
+        """
         self.check_length(sum(len(m["content"]) for m in messages), "messages")
         try:
             text = await asyncio.to_thread(
                 self.tokenizer.apply_chat_template,
                 messages,
+                tools=tools,
+                chat_template=self.chat_template,
                 tokenize=False,
-                add_generation_prompt=True,
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message,
+                **(extra or {}),
             )
         except Exception as error:  # the template's own raise_exception, or a Jinja error
             raise APIError(400, f"messages: {error}", param="messages") from None
         return Prompt(await self.encode(text, add_special_tokens=False, param="messages"), text)
+
+    @staticmethod
+    def truncated(prompt: Prompt, keep: int | None) -> Prompt:
+        """``truncate_prompt_tokens``: the last ``keep`` tokens (long-context clients send it)."""
+        if keep is None or len(prompt.token_ids) <= keep:
+            return prompt
+        return Prompt(prompt.token_ids[-keep:])
 
     def decode(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids)

@@ -5,6 +5,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from vllm.logprobs import Logprob
+from vllm.outputs import RequestOutput
 
 Decode = Callable[[int], str]
 LogprobStep = dict[int, Logprob] | None
@@ -17,12 +18,39 @@ def sse(payload: dict[str, Any]) -> str:
 SSE_DONE = "data: [DONE]\n\n"
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:
+    """OpenAI's usage, with the prompt tokens the engine's prefix cache served."""
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
+
+
+def outputs_usage(prompt_tokens: int, outputs: Sequence[RequestOutput]) -> dict[str, Any]:
+    generated = sum(len(c.token_ids) for output in outputs for c in output.outputs)
+    cached = sum(output.num_cached_tokens or 0 for output in outputs)
+    return usage(prompt_tokens, generated, cached)
+
+
+def prompt_logprobs(steps: Sequence[LogprobStep] | None) -> list[dict[str, Any] | None] | None:
+    """vLLM's format: per prompt position, token id -> logprob, rank and text (first: None)."""
+    if steps is None:
+        return None
+    return [
+        {
+            str(token_id): {
+                "logprob": entry.logprob,
+                "rank": entry.rank,
+                "decoded_token": entry.decoded_token,
+            }
+            for token_id, entry in step.items()
+        }
+        if step
+        else None
+        for step in steps
+    ]
 
 
 def envelope(request_id: str, obj: str, model: str, created: int) -> dict[str, Any]:

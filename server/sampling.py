@@ -1,9 +1,10 @@
 """The checks both generation endpoints make, and their vLLM `SamplingParams`."""
 
 from dataclasses import dataclass
+from typing import Any
 
 from vllm import SamplingParams
-from vllm.sampling_params import RequestOutputKind
+from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
 from server.errors import APIError, as_api_error
 from server.prompts import Prompt
@@ -64,12 +65,64 @@ def output_budget(prompts: list[Prompt], requested: int | None, max_model_len: i
     return requested
 
 
+def structured_outputs(
+    request: SamplingRequest, tool_schema: dict[str, Any] | None = None
+) -> StructuredOutputsParams | None:
+    """vLLM's constraint for the request: a forced tool call's schema, else ``response_format``,
+    else vLLM's own ``structured_outputs`` field, as vLLM's server reads them."""
+    if tool_schema is not None:
+        return StructuredOutputsParams(json=tool_schema)
+    form = request.response_format
+    if form is not None and form.type == "json_object":
+        return StructuredOutputsParams(json_object=True)
+    if form is not None and form.type == "json_schema":
+        return StructuredOutputsParams(json=form.json_schema.json_schema or {"type": "object"})
+    given = request.structured_outputs
+    if given is None:
+        return None
+    return StructuredOutputsParams(
+        json=given.json_schema,
+        regex=given.regex,
+        choice=given.choice,
+        grammar=given.grammar,
+        json_object=given.json_object,
+        disable_any_whitespace=given.disable_any_whitespace,
+        disable_additional_properties=given.disable_additional_properties,
+        whitespace_pattern=given.whitespace_pattern,
+    )
+
+
+def logit_bias(request: SamplingRequest, vocab_size: int) -> dict[int, float] | None:
+    """OpenAI sends token ids as strings; each must name a token of the vocabulary."""
+    if not request.logit_bias:
+        return None
+    bias = {}
+    for key, value in request.logit_bias.items():
+        if not key.isdigit() or int(key) >= vocab_size:
+            raise APIError(
+                400,
+                f"logit_bias keys must be token ids below the vocabulary size {vocab_size} "
+                f"(got {key!r})",
+                param="logit_bias",
+            )
+        bias[int(key)] = value
+    return bias
+
+
+def check_token_ids(ids: list[int] | None, vocab_size: int, param: str) -> None:
+    if ids and max(ids) >= vocab_size:
+        message = f"token id {max(ids)} is outside the vocabulary (size {vocab_size})"
+        raise APIError(400, message, param=param)
+
+
 def sampling_params(
     request: SamplingRequest,
     defaults: dict,
     max_tokens: int,
     logprobs: int | None,
     prompt_logprobs: int | None,
+    vocab_size: int,
+    constraint: StructuredOutputsParams | None = None,
 ) -> SamplingParams:
     """vLLM's parameters: the checkpoint's generation defaults, then the request's values."""
     fields = {
@@ -84,15 +137,27 @@ def sampling_params(
     values = {**defaults, **{k: v for k, v in fields.items() if v is not None}}
     stop = [request.stop] if isinstance(request.stop, str) else request.stop
     kind = RequestOutputKind.DELTA if request.stream else RequestOutputKind.FINAL_ONLY
+    check_token_ids(request.stop_token_ids, vocab_size, "stop_token_ids")
+    if request.min_tokens > max_tokens:
+        message = f"min_tokens ({request.min_tokens}) must be at most max_tokens ({max_tokens})"
+        raise APIError(400, message, param="min_tokens")
     try:
         return SamplingParams(
             n=request.n,
             max_tokens=max_tokens,
+            min_tokens=request.min_tokens,
             stop=stop or None,
+            stop_token_ids=request.stop_token_ids,
+            include_stop_str_in_output=request.include_stop_str_in_output,
+            bad_words=request.bad_words,
+            logit_bias=logit_bias(request, vocab_size),
+            skip_special_tokens=request.skip_special_tokens,
+            spaces_between_special_tokens=request.spaces_between_special_tokens,
             seed=request.seed,
             ignore_eos=request.ignore_eos,
             logprobs=logprobs,
             prompt_logprobs=prompt_logprobs,
+            structured_outputs=constraint or structured_outputs(request),
             output_kind=kind,
             **values,
         )

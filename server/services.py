@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
+from vllm.tool_parsers.abstract_tool_parser import ToolParser
 
 from server.engine import Engine
 from server.execution import Executor
@@ -22,6 +23,7 @@ class Services:
     prompts: PromptTokenizer
     executor: Executor
     limits: Limits
+    tool_parser: type[ToolParser] | None = None  # vLLM's, for tool_choice "auto"
     created: int = field(default_factory=lambda: int(time.time()))
 
 

@@ -83,6 +83,16 @@ class Settings(BaseSettings):
     seed: int = Field(0, description="Engine random seed")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
 
+    # --- chat
+    chat_template: Path | None = Field(
+        None, description="Jinja chat template file to use instead of the checkpoint's"
+    )
+    tool_call_parser: str | None = Field(
+        None,
+        description="vLLM tool-call parser for tool_choice 'auto' (hermes, llama3_json, "
+        "pythonic, ...); named and required choices need none",
+    )
+
     # --- access and limits
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -120,6 +130,10 @@ class Settings(BaseSettings):
     body_timeout: float = Field(
         30.0, gt=0, description="Seconds a request has to send its whole body"
     )
+    structured_output_timeout: float = Field(
+        5.0, gt=0, description="Seconds a response_format, grammar or tool schema may take to "
+        "compile before the request is refused"
+    )
     max_connections: int = Field(
         1024, ge=1, description="Open connections; more are closed at once"
     )
@@ -132,6 +146,21 @@ class Settings(BaseSettings):
     def _split_keys(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template_readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @field_validator("tool_call_parser")
+    @classmethod
+    def _known_parser(cls, value: str | None) -> str | None:
+        from server.tools import parser_class
+
+        parser_class(value)  # a one-line error naming vLLM's parsers
         return value
 
     @field_validator("model")

@@ -10,27 +10,51 @@ from vllm.outputs import CompletionOutput, RequestOutput
 from server import responses as r
 from server.execution import Job
 from server.protocol import ChatCompletionRequest, ChatCompletionResponse, generation_responses
-from server.sampling import output_budget, sampling_params
+from server.sampling import output_budget, sampling_params, structured_outputs
 from server.services import Services, Shared
+from server.tools import ToolCalls, template_message, template_tools
 
 router = APIRouter()
 
 
 class Chat:
+    """One chat request: its prompt, its tool mode, and how its outputs are answered."""
+
     def __init__(self, services: Services) -> None:
         self.s = services
+        self.tools: ToolCalls | None = None
 
     def prompt_count(self, request: ChatCompletionRequest) -> int:
         return 1
 
     async def prepare(self, request: ChatCompletionRequest) -> Job:
-        messages = [{"role": m.role, "content": m.text()} for m in request.messages]
-        prompt = await self.s.prompts.chat_prompt(messages)
+        messages = [template_message(m) for m in request.messages]
+        self.tools = ToolCalls(
+            request, messages, self.s.tool_parser, self.s.prompts.tokenizer
+        )
+        prompt = await self.s.prompts.chat_prompt(
+            messages,
+            tools=template_tools(request),
+            add_generation_prompt=request.add_generation_prompt,
+            continue_final_message=request.continue_final_message,
+            extra=request.chat_template_kwargs,
+        )
+        prompt = self.s.prompts.truncated(prompt, request.truncate_prompt_tokens)
         requested = request.max_completion_tokens or request.max_tokens
         max_tokens = output_budget([prompt], requested, self.s.limits.max_model_len)
         top = (request.top_logprobs or 0) if request.logprobs else None
-        params = sampling_params(request, self.s.engine.default_sampling, max_tokens, top, None)
-        options = request.stream_options
+        skip_special = self.tools.skip_special_tokens
+        if skip_special is not None:
+            request = request.model_copy(update={"skip_special_tokens": skip_special})
+        params = sampling_params(
+            request,
+            self.s.engine.default_sampling,
+            max_tokens,
+            top,
+            request.prompt_logprobs,
+            self.s.limits.vocab_size,
+            structured_outputs(request, self.tools.schema),
+        )
         return Job(
             kind="chatcmpl",
             prompts=[prompt],
@@ -38,25 +62,31 @@ class Chat:
             n=request.n,
             stream=request.stream,
             logprobs=top,
-            include_usage=bool(options and options.include_usage),
+            prompt_logprobs=request.prompt_logprobs,
+            stream_options=request.stream_options,
         )
 
     def whole(self, job: Job, outputs: list[RequestOutput]) -> dict[str, Any]:
         (output,) = outputs
-        choices, generated = [], 0
+        choices = []
         for completion in output.outputs:
-            generated += len(completion.token_ids)
+            content, calls = self.tools.message(completion.text)
+            message: dict[str, Any] = {"role": "assistant", "content": content}
+            if calls:
+                message["tool_calls"] = calls
             choices.append(
                 {
                     "index": completion.index,
-                    "message": {"role": "assistant", "content": completion.text},
+                    "message": message,
                     "logprobs": self._logprobs(job, completion),
-                    "finish_reason": completion.finish_reason,
+                    "finish_reason": _finish_reason(completion, bool(calls)),
                     "stop_reason": completion.stop_reason,
                 }
             )
-        body = self._envelope(job, "chat.completion")
-        return body | {"choices": choices, "usage": r.usage(job.prompt_tokens, generated)}
+        body = self._envelope(job, "chat.completion") | {"choices": choices}
+        if job.prompt_logprobs is not None:
+            body["prompt_logprobs"] = r.prompt_logprobs(output.prompt_logprobs)
+        return body | {"usage": r.outputs_usage(job.prompt_tokens, outputs)}
 
     def preamble(self, job: Job) -> dict[str, Any]:
         """Each choice's role first, as OpenAI streams it."""
@@ -64,16 +94,26 @@ class Chat:
         choices = [{"index": i, **first, "finish_reason": None} for i in range(job.n)]
         return self._envelope(job, "chat.completion.chunk") | {"choices": choices}
 
-    def chunk(self, job: Job, prompt_index: int, output: RequestOutput) -> dict[str, Any]:
-        choices = [
-            {
-                "index": completion.index,
-                "delta": {"content": completion.text},
-                "logprobs": self._logprobs(job, completion),
-                "finish_reason": completion.finish_reason,
-            }
-            for completion in output.outputs
-        ]
+    def chunk(self, job: Job, prompt_index: int, output: RequestOutput) -> dict[str, Any] | None:
+        choices = []
+        for completion in output.outputs:
+            finished = completion.finish_reason is not None
+            delta = self.tools.delta(
+                completion.index, completion.text, list(completion.token_ids), finished
+            )
+            if delta is None and not finished:
+                continue  # nothing to say yet (a prefill step, or a call still being buffered)
+            called = self.tools.called(completion.index)
+            choices.append(
+                {
+                    "index": completion.index,
+                    "delta": delta or {},
+                    "logprobs": self._logprobs(job, completion),
+                    "finish_reason": _finish_reason(completion, called) if finished else None,
+                }
+            )
+        if not choices:
+            return None
         return self._envelope(job, "chat.completion.chunk") | {"choices": choices}
 
     def _envelope(self, job: Job, obj: str) -> dict[str, Any]:
@@ -85,6 +125,13 @@ class Chat:
         return r.chat_logprobs(
             completion.token_ids, completion.logprobs, job.logprobs, self.s.prompts.decode_token
         )
+
+
+def _finish_reason(completion: CompletionOutput, called: bool) -> str | None:
+    """OpenAI says "tool_calls" when a choice ended in calls (not when it was cut short)."""
+    if called and completion.finish_reason == "stop":
+        return "tool_calls"
+    return completion.finish_reason
 
 
 @router.post(

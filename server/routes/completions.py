@@ -18,8 +18,11 @@ router = APIRouter()
 
 
 class Completions:
+    """One completions request; streamed choices keep their text offsets across chunks."""
+
     def __init__(self, services: Services) -> None:
         self.s = services
+        self.offsets: dict[int, int] = {}  # choice index -> text_offset of its next token
 
     def prompt_count(self, request: CompletionRequest) -> int:
         prompt = request.prompt
@@ -28,13 +31,21 @@ class Completions:
         return len(prompt)
 
     async def prepare(self, request: CompletionRequest) -> Job:
-        prompts = await self._prompts(request.prompt)
+        prompts = [
+            self.s.prompts.truncated(p, request.truncate_prompt_tokens)
+            for p in await self._prompts(request.prompt)
+        ]
         max_tokens = output_budget(prompts, request.max_tokens, self.s.limits.max_model_len)
         echoed = request.logprobs if request.echo and request.logprobs is not None else None
+        prompt_logprobs = request.prompt_logprobs if echoed is None else echoed
         params = sampling_params(
-            request, self.s.engine.default_sampling, max_tokens, request.logprobs, echoed
+            request,
+            self.s.engine.default_sampling,
+            max_tokens,
+            request.logprobs,
+            prompt_logprobs,
+            self.s.limits.vocab_size,
         )
-        options = request.stream_options
         return Job(
             kind="cmpl",
             prompts=prompts,
@@ -42,8 +53,9 @@ class Completions:
             n=request.n,
             stream=request.stream,
             logprobs=request.logprobs,
+            prompt_logprobs=request.prompt_logprobs,
             echo=request.echo,
-            include_usage=bool(options and options.include_usage),
+            stream_options=request.stream_options,
         )
 
     async def _prompts(self, prompt: Any) -> list[Prompt]:
@@ -60,24 +72,29 @@ class Completions:
         return [tokenizer.token_prompt(p) for p in prompt]
 
     def whole(self, job: Job, outputs: list[RequestOutput]) -> dict[str, Any]:
-        choices, generated = [], 0
-        for i, output in enumerate(outputs):
-            for completion in output.outputs:
-                generated += len(completion.token_ids)
-                choices.append(self._choice(job, i, output, completion, job.echo))
+        choices = [
+            self._choice(job, i, output, completion, first=True)
+            for i, output in enumerate(outputs)
+            for completion in output.outputs
+        ]
         body = r.envelope(job.request_id, "text_completion", self.s.executor.model, job.created)
-        return body | {"choices": choices, "usage": r.usage(job.prompt_tokens, generated)}
+        return body | {"choices": choices, "usage": r.outputs_usage(job.prompt_tokens, outputs)}
 
     def preamble(self, job: Job) -> None:
         return None
 
-    def chunk(self, job: Job, prompt_index: int, output: RequestOutput) -> dict[str, Any]:
+    def chunk(self, job: Job, prompt_index: int, output: RequestOutput) -> dict[str, Any] | None:
         choices = []
         for completion in output.outputs:
             index = prompt_index * job.n + completion.index
-            echo = job.echo and index not in job.echoed  # in each choice's first chunk only
+            first = index not in job.echoed  # the echo goes in each choice's first chunk
+            news = completion.text or completion.token_ids or completion.finish_reason
+            if not (news or (first and job.echo)):
+                continue  # a step of chunked prefill: nothing to send
             job.echoed.add(index)
-            choices.append(self._choice(job, prompt_index, output, completion, echo))
+            choices.append(self._choice(job, prompt_index, output, completion, first))
+        if not choices:
+            return None
         body = r.envelope(job.request_id, "text_completion", self.s.executor.model, job.created)
         return body | {"choices": choices}
 
@@ -87,32 +104,41 @@ class Completions:
         prompt_index: int,
         output: RequestOutput,
         completion: CompletionOutput,
-        echo: bool,
+        first: bool,
     ) -> dict[str, Any]:
         prompt = job.prompts[prompt_index]
-        text, logprobs = completion.text, None
+        echo = job.echo and first
+        index = prompt_index * job.n + completion.index
+        text, logprobs, echoed = completion.text, None, None
         decode = self.s.prompts.decode_token
-        if job.logprobs is not None:
-            logprobs = r.completion_logprobs(
-                completion.token_ids, completion.logprobs, job.logprobs, decode
-            )
+        offset = self.offsets.get(index, 0)
         if echo:
             if prompt.text is None:
                 prompt.text = self.s.prompts.decode(prompt.token_ids)
-            if logprobs is not None and output.prompt_logprobs is not None:
+            if job.logprobs is not None and output.prompt_logprobs is not None:
                 echoed = r.completion_logprobs(
                     prompt.token_ids, output.prompt_logprobs, job.logprobs, decode
                 )
-                shifted = [o + len(prompt.text) for o in logprobs["text_offset"]]
-                logprobs = r.merge_completion_logprobs(echoed, logprobs | {"text_offset": shifted})
             text = prompt.text + text
-        return {
-            "index": prompt_index * job.n + completion.index,
+            offset = len(prompt.text)
+        if job.logprobs is not None:
+            logprobs = r.completion_logprobs(
+                completion.token_ids, completion.logprobs, job.logprobs, decode, offset
+            )
+            offset += sum(len(token) for token in logprobs["tokens"])
+            if echoed is not None:
+                logprobs = r.merge_completion_logprobs(echoed, logprobs)
+        self.offsets[index] = offset
+        choice = {
+            "index": index,
             "text": text,
             "logprobs": logprobs,
             "finish_reason": completion.finish_reason,
             "stop_reason": completion.stop_reason,
         }
+        if job.prompt_logprobs is not None and first:
+            choice["prompt_logprobs"] = r.prompt_logprobs(output.prompt_logprobs)
+        return choice
 
 
 @router.post(
