@@ -14,6 +14,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core.core_schema import ValidationInfo
 
 MAX_LOGPROBS = 20
 MAX_STOP_SEQUENCES = 16
@@ -253,18 +254,24 @@ class ChatCompletionRequest(SamplingRequest):
     continue_final_message: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
 
-    @model_validator(mode="after")
-    def _tools_given(self) -> "ChatCompletionRequest":
-        choice = self.tool_choice
-        if choice not in (None, "none") and not self.tools:
+    @field_validator("tool_choice")
+    @classmethod
+    def _tools_given(cls, choice: Any, info: ValidationInfo) -> Any:
+        tools = info.data.get("tools")
+        if choice not in (None, "none") and not tools:
             raise ValueError("tool_choice needs tools")
         if isinstance(choice, NamedToolChoice):
-            names = [tool.function.name for tool in self.tools or []]
+            names = [tool.function.name for tool in tools]
             if choice.function.name not in names:
                 raise ValueError(f"tool_choice names {choice.function.name!r}, not among the tools")
-        if self.continue_final_message and self.add_generation_prompt:
+        return choice
+
+    @field_validator("continue_final_message")
+    @classmethod
+    def _continues(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("add_generation_prompt", True):
             raise ValueError("continue_final_message needs add_generation_prompt false")
-        return self
+        return value
 
     @property
     def effective_tool_choice(self) -> str | NamedToolChoice:

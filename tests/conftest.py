@@ -92,6 +92,7 @@ def server(plain_checkpoint, tmp_path_factory):
             "--max-concurrent-sequences", str(MAX_SEQUENCES),
             "--max-queued-tokens", str(MAX_QUEUED_TOKENS),
             "--request-timeout", "120",
+            "--tool-call-parser", "hermes",
         ],
         tmp_path_factory.mktemp("server") / "server.log",
     )  # fmt: skip

@@ -281,3 +281,21 @@ def test_streamed_echo_starts_with_the_prompt(client):
         model=MODEL_NAME, prompt=PROMPT, max_tokens=10, temperature=0, echo=True, stream=True
     )
     assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
+
+
+def test_streamed_logprob_offsets_continue_across_chunks(http):
+    """text_offset counts from the start of the choice's text in every chunk, as whole."""
+    body = {"model": MODEL_NAME, "prompt": PROMPT, "max_tokens": 12, "temperature": 0,
+            "logprobs": 1, "echo": True, "ignore_eos": True}  # fmt: skip
+    whole = http.post("/v1/completions", json=body).json()["choices"][0]
+    with http.stream("POST", "/v1/completions", json=body | {"stream": True}) as response:
+        chunks = [json.loads(event) for event in sse_events(response) if event != "[DONE]"]
+    offsets, text = [], ""
+    for chunk in chunks:
+        choice = chunk["choices"][0]
+        offsets += choice["logprobs"]["text_offset"]
+        text += choice["text"]
+    assert len(chunks) > 2
+    assert text == whole["text"]
+    assert offsets == whole["logprobs"]["text_offset"]
+    assert offsets == sorted(offsets) and offsets[-1] > len(PROMPT)
