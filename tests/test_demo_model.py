@@ -3,9 +3,12 @@
 One server for the module, with the demo's own settings (Resonance-YaRN x4: 8192 -> 32768).
 """
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from pydantic import BaseModel, Field
 
 import rope_plugins
 from server.demo import DEMO_NAME
@@ -129,3 +132,72 @@ def test_prompt_logprobs_past_the_trained_context_match_transformers(demo_server
     assert difference.max() < 5e-2
     past = difference[TRAINED:]
     assert len(past) > 500 and past.mean() < 1e-3
+
+
+# ------------------------------------------------------- the clients people use, on real text
+class Capital(BaseModel):
+    country: str = Field(max_length=40)
+    capital: str = Field(max_length=40)
+
+
+CAPITAL_QUESTION = "Give the country France and its capital city as JSON."
+
+
+def test_langchain_invoke_and_stream(demo_server):
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(
+        base_url=f"{demo_server.base_url}/v1", api_key="none", model=DEMO_NAME,
+        temperature=0, max_tokens=24, max_retries=0,
+    )  # fmt: skip
+    answer = llm.invoke("What is the capital of France?").content
+    assert "Paris" in answer
+    streamed = llm.stream("What is the capital of France?")
+    assert "".join(chunk.content for chunk in streamed) == answer
+
+
+def test_langchain_structured_output_and_instructor_fit_the_schema(demo_server):
+    import instructor
+    from langchain_openai import ChatOpenAI
+    from openai import OpenAI
+
+    llm = ChatOpenAI(
+        base_url=f"{demo_server.base_url}/v1", api_key="none", model=DEMO_NAME,
+        temperature=0, max_tokens=80, max_retries=0,
+    )  # fmt: skip
+    answer = llm.with_structured_output(Capital, method="json_schema").invoke(CAPITAL_QUESTION)
+    assert isinstance(answer, Capital) and "Paris" in answer.capital
+    patched = instructor.from_openai(
+        OpenAI(base_url=f"{demo_server.base_url}/v1", api_key="none", max_retries=0),
+        mode=instructor.Mode.JSON_SCHEMA,
+    )
+    answer = patched.chat.completions.create(
+        model=DEMO_NAME, response_model=Capital, max_retries=0, temperature=0, max_tokens=80,
+        messages=[{"role": "user", "content": CAPITAL_QUESTION}],
+    )  # fmt: skip
+    assert isinstance(answer, Capital) and "Paris" in answer.capital
+
+
+def test_json_mode_gives_a_json_object(client):
+    reply = client.chat.completions.create(
+        model=DEMO_NAME, temperature=0, max_tokens=80, response_format={"type": "json_object"},
+        messages=[{"role": "user", "content": CAPITAL_QUESTION}],
+    )  # fmt: skip
+    assert isinstance(json.loads(reply.choices[0].message.content), dict)
+
+
+def test_a_tool_result_in_the_history_is_answered(client):
+    """developer, assistant tool_calls with content null, and the tool's result, as agents send."""
+    messages = [
+        {"role": "developer", "content": "You answer with the tool's result."},
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [{
+            "id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 24 degrees."},
+    ]  # fmt: skip
+    reply = client.chat.completions.create(
+        model=DEMO_NAME, messages=messages, temperature=0, max_tokens=30
+    )
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    assert "24" in reply.choices[0].message.content or "unny" in reply.choices[0].message.content

@@ -122,7 +122,8 @@ def test_a_hostile_schema_is_refused_in_bounded_time_while_others_are_served(htt
         started = time.monotonic()
         refused = pool.submit(chat, http, **fields)
         time.sleep(0.5)
-        plain = http.post("/v1/completions", json={"model": MODEL_NAME, "prompt": "x", "max_tokens": 4})
+        small = {"model": MODEL_NAME, "prompt": "x", "max_tokens": 4}
+        plain = http.post("/v1/completions", json=small)
         health = httpx.get(f"{server.base_url}/health", timeout=2)
         beside = time.monotonic() - started
         response = refused.result()
