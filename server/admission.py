@@ -10,8 +10,6 @@ than a bound on its own gets 400, since no retry could ever admit it.
 
 from dataclasses import dataclass
 
-from prometheus_client import Gauge
-
 from server.errors import APIError
 
 RETRY_AFTER_SECONDS = 1
@@ -85,17 +83,4 @@ class Admission:
             f"server busy: {reason}; retry later",
             code="server_busy",
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-        )
-
-
-def export_metrics(admission: Admission) -> None:
-    """What is admitted now, against each limit, as gauges (one set per process)."""
-    gauge = Gauge(
-        "resonance_admitted",
-        "Admitted and not yet finished: requests, engine sequences, tokens",
-        ["resource"],
-    )
-    for resource in ("requests", "sequences", "tokens"):
-        gauge.labels(resource=resource).set_function(
-            lambda resource=resource: getattr(admission, resource)
         )

@@ -3,14 +3,18 @@
 from importlib.metadata import version
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
-from server.admission import Admission, export_metrics
+from server.admission import Admission
 from server.engine import Engine
 from server.errors import install_error_handlers
 from server.execution import Executor
+from server.lora import Adapters
+from server.metrics import Metrics
 from server.middleware import Gatekeeper, ServerState
+from server.plan import EnginePlan
 from server.prompts import PromptTokenizer
-from server.routes import chat, completions, models, probes, tokens
+from server.routes import chat, completions, lora, models, probes, tokens
 from server.sampling import Limits
 from server.services import Services
 from server.settings import Settings
@@ -20,18 +24,14 @@ from server.tools import parser_class
 TOKENIZER_CONCURRENCY = 2
 
 
-def create_app(engine: Engine, settings: Settings, state: ServerState) -> FastAPI:
+def create_app(
+    engine: Engine, plan: EnginePlan, settings: Settings, state: ServerState, metrics: Metrics
+) -> FastAPI:
     info = engine.info
-    max_tokens = settings.max_queued_tokens or 16 * info.max_model_len
-    if max_tokens < info.max_model_len:
-        raise ValueError(
-            f"max_queued_tokens ({max_tokens}) must be at least max_model_len "
-            f"({info.max_model_len}), or a longest request could never be admitted"
-        )
     admission = Admission(
-        settings.max_concurrent_requests, settings.max_concurrent_sequences, max_tokens
+        settings.max_concurrent_requests, settings.max_concurrent_sequences, plan.max_queued_tokens
     )
-    export_metrics(admission)
+    metrics.watch_admission(admission)
     template = settings.chat_template.read_text() if settings.chat_template else None
     prompts = PromptTokenizer(
         engine.tokenizer, info.max_model_len, TOKENIZER_CONCURRENCY, template
@@ -43,23 +43,29 @@ def create_app(engine: Engine, settings: Settings, state: ServerState) -> FastAP
         max_prompts=settings.max_prompts_per_request,
         max_sequences=settings.max_sequences_per_request,
     )
+    adapters = Adapters(engine)
     app = FastAPI(title="resonance-serve", version=version("resonance-serve"))
     app.state.services = Services(
         settings=settings,
         engine=engine,
         state=state,
         prompts=prompts,
-        executor=Executor(engine, admission, limits, settings.request_timeout),
+        executor=Executor(engine, admission, limits, settings.request_timeout, adapters, metrics),
         limits=limits,
+        adapters=adapters,
         tool_parser=parser_class(settings.tool_call_parser),
     )
-    for module in (completions, chat, models, tokens, probes):
+    routers = [completions, chat, models, tokens, probes]
+    if settings.allow_runtime_lora:
+        routers.append(lora)
+    for module in routers:
         app.include_router(module.router)
     install_error_handlers(app)
     app.add_middleware(
         Gatekeeper,
         state=state,
-        counter=engine.metrics.requests,
+        counter=metrics.requests,
+        endpoints=frozenset(r.path for r in app.routes if isinstance(r, APIRoute)),
         max_body_bytes=settings.max_request_body_bytes,
         probes_need_key=settings.api_key_for_probes,
     )

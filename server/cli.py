@@ -10,6 +10,7 @@ import time
 import uvicorn
 from pydantic import ValidationError
 
+from server.errors import APIError
 from server.settings import Settings, load_settings
 
 logger = logging.getLogger("resonance-serve")
@@ -49,7 +50,7 @@ def _log_slow_collections(phase: str, info: dict) -> None:
         )
 
 
-def _banner(settings: Settings, engine) -> str:
+def _banner(settings: Settings, engine, plan) -> str:
     """Which model, from where, and the context it was trained on and is served at."""
     info = engine.info
     url = f"http://{settings.host}:{settings.port}"
@@ -59,6 +60,13 @@ def _banner(settings: Settings, engine) -> str:
         f"  context: trained {info.trained_context} tokens, served {info.max_model_len} tokens",
         f"  rope_parameters: {info.rope}",
     ]
+    if plan.kv_sequences is not None:
+        lines.append(
+            f"  KV cache: {plan.kv_cache_gib} GiB, {plan.kv_sequences:.1f} sequences of "
+            f"{info.max_model_len} tokens"
+        )
+    if plan.lora_modules:
+        lines.append(f"  LoRA adapters: {', '.join(plan.lora_modules)}")
     if settings.is_demo:
         lines.append(
             "  (the demo; serve another model with --model DIR|HF_ID|FILE.gguf "
@@ -107,13 +115,22 @@ class DrainingServer(uvicorn.Server):
 async def serve(settings: Settings) -> int:
     from server.app import create_app
     from server.connections import guarded_protocol
-    from server.engine import Engine
+    from server.engine import Engine, make_plan
+    from server.metrics import Metrics
     from server.middleware import ServerState, key_digest
 
     state = ServerState(api_keys=[key_digest(key) for key in settings.accepted_api_keys()])
-    engine = Engine(settings)
+    plan = make_plan(settings)  # every check that needs no engine, before it starts
+    metrics = Metrics(plan.info.max_model_len)
+    engine = Engine(plan, metrics, settings.structured_output_timeout)
     try:
-        app = create_app(engine, settings, state)
+        app = create_app(engine, plan, settings, state, metrics)
+        adapters = app.state.services.adapters
+        for name, path in plan.lora_modules.items():
+            try:
+                await adapters.load(name, path)
+            except APIError as error:
+                raise ValueError(f"lora_modules: {name}: {error.message}") from None
         protocol = guarded_protocol(
             settings.header_timeout, settings.body_timeout, settings.max_connections
         )
@@ -130,7 +147,7 @@ async def serve(settings: Settings) -> int:
         gc.collect()
         gc.freeze()
         gc.callbacks.append(_log_slow_collections)
-        print(_banner(settings, engine), flush=True)
+        print(_banner(settings, engine, plan), flush=True)
         await server.serve()
         return server.exit_code
     finally:

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -20,6 +20,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 from vllm import SamplingParams
+from vllm.lora.request import LoRARequest
 from vllm.outputs import RequestOutput
 from vllm.utils.async_utils import merge_async_iterators
 
@@ -28,7 +29,9 @@ from server.admission import Admission, Ticket
 from server.constraints import ConstraintTimeout
 from server.engine import Engine
 from server.errors import NO_RETRY, APIError, as_api_error, error_body
-from server.middleware import record_status, release_at_end
+from server.lora import Adapters
+from server.metrics import Metrics
+from server.middleware import RequestContext
 from server.prompts import Prompt
 from server.protocol import SamplingRequest, StreamOptions
 from server.sampling import Limits, check_request
@@ -52,6 +55,8 @@ class Job:
     echo: bool = False
     stream_options: StreamOptions | None = None
     request_id: str = ""
+    model: str = ""  # the name the response carries: the base model's or an adapter's
+    lora: LoRARequest | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     expired: bool = False  # the request passed its deadline and was aborted
     echoed: set[int] = field(default_factory=set)  # streamed choices whose prompt was echoed
@@ -115,20 +120,28 @@ class Executor:
         admission: Admission,
         limits: Limits,
         request_timeout: float | None,
+        adapters: Adapters,
+        metrics: Metrics,
     ) -> None:
         self.engine, self.admission, self.limits = engine, admission, limits
-        self.request_timeout = request_timeout
+        self.request_timeout, self.adapters, self.metrics = request_timeout, adapters, metrics
         self.model = engine.info.name
         self._abort_tasks: set[asyncio.Task] = set()
 
-    def check_model(self, name: str | None) -> None:
-        if name is not None and name != self.model:
+    def check_model(self, name: str | None) -> LoRARequest | None:
+        """The adapter a request names, None for the base model; 404 for any other name."""
+        if name is None or name == self.model:
+            return None
+        adapter = self.adapters.get(name)
+        if adapter is None:
+            served = ", ".join([self.model, *(a.name for a in self.adapters.all())])
             raise APIError(
                 404,
-                f"The model '{name}' does not exist; this server serves '{self.model}'",
+                f"The model '{name}' does not exist; this server serves {served}",
                 param="model",
                 code="model_not_found",
             )
+        return adapter.request
 
     async def serve(
         self, endpoint: Endpoint, request: SamplingRequest, raw_request: Request
@@ -137,12 +150,14 @@ class Executor:
 
         A request no server could run is a 400; one this server cannot run now, a 429.
         """
-        self.check_model(request.model)
+        lora = self.check_model(request.model)
         prompts = endpoint.prompt_count(request)
         check_request(request, prompts, self.limits)
         ticket = self.admission.admit(request.n * prompts)
-        release_at_end(raw_request.scope, ticket.release)
+        RequestContext.of(raw_request.scope).cleanups.append(ticket.release)
         job = await endpoint.prepare(request)
+        job.model, job.lora = (lora.lora_name if lora else self.model), lora
+        self.metrics.model_requests.labels(model=job.model).inc()
         ticket.charge(job.tokens)
         if job.params.structured_outputs is not None:
             await self._check_constraint(job, _constraint_param(request))
@@ -177,7 +192,7 @@ class Executor:
     # ------------------------------------------------------------------ engine
     def _streams(self, job: Job) -> AsyncIterator[tuple[int, RequestOutput]]:
         generators = [
-            self.engine.generate(p.token_ids, job.params, engine_id)
+            self.engine.generate(p.token_ids, job.params, engine_id, job.lora)
             for p, engine_id in zip(job.prompts, job.engine_ids, strict=True)
         ]
         return merge_async_iterators(*generators)
@@ -250,11 +265,11 @@ class Executor:
                 raise self._timed_out()
         except Exception as error:
             failure = as_api_error(error)
-            record_status(scope, failure.status)
+            RequestContext.of(scope).status = failure.status
             yield r.sse(error_body(failure.status, failure.message, failure.param, failure.code))
             return
         if job.include_usage:
-            body = r.envelope(job.request_id, endpoint_object(job), self.model, job.created)
+            body = r.envelope(job.request_id, endpoint_object(job), job.model, job.created)
             yield r.sse(body | {"choices": [], "usage": job.usage()})
         yield r.SSE_DONE
 
@@ -294,19 +309,13 @@ class DeadlineStreamingResponse(StreamingResponse):
         if self.deadline is None:
             await super().__call__(scope, receive, send)
             return
-        loop = asyncio.get_running_loop()
-
         async def bounded_send(message: Message) -> None:
             # A reading client still gets the error event sent at the deadline.
-            remaining = self.deadline - loop.time()
-            await _within(send(message), max(remaining, 0.0) + SEND_GRACE_SECONDS)
+            async with asyncio.timeout_at(self.deadline + SEND_GRACE_SECONDS):
+                await send(message)
 
         try:
             await super().__call__(scope, receive, bounded_send)
         except* TimeoutError:
             self.on_expiry()
             logger.warning("a streaming client read nothing until the deadline; closed")
-
-
-async def _within(operation: Awaitable[None], seconds: float) -> None:
-    await asyncio.wait_for(operation, seconds)

@@ -1,8 +1,8 @@
 """Prometheus metrics of the server, with names dashboards can rely on.
 
 Latencies and token counts come from the statistics vLLM's engine already computes for every
-step (a stat logger it calls), so the front end adds no work per token. vLLM's own ``vllm:*``
-metrics live in the same default registry and are exported beside these.
+step (a stat logger it calls): the front end counts no tokens of its own for them. vLLM's own
+``vllm:*`` metrics live in the same default registry and are exported beside these.
 """
 
 from collections.abc import Callable, Mapping
@@ -28,17 +28,21 @@ def token_buckets(max_tokens: int) -> list[int]:
 
 
 class Metrics:
-    """The server's metrics; made once per process, when the served context is known."""
+    """Every metric of the server, made once per process when the served context is known.
 
-    def __init__(
-        self,
-        max_model_len: int,
-        rope: Mapping[str, Any],
-        unfinished_requests: Callable[[], int],
-    ) -> None:
-        """``unfinished_requests`` counts the requests the engine still holds."""
+    Routes, admission and the engine report into it; nothing else creates a metric.
+    """
+
+    def __init__(self, max_model_len: int) -> None:
         self.requests = Counter(
-            "resonance_requests", "HTTP requests by endpoint and status", ["endpoint", "status"]
+            "resonance_requests",
+            "HTTP requests by endpoint (route path, or 'other') and status",
+            ["endpoint", "status"],
+        )
+        self.model_requests = Counter(
+            "resonance_model_requests",
+            "Generation requests by the model they named (the base model or a LoRA adapter)",
+            ["model"],
         )
         self.time_to_first_token = Histogram(
             "resonance_time_to_first_token_seconds",
@@ -64,9 +68,14 @@ class Metrics:
             "Output length of finished requests",
             buckets=tokens,
         )
+        self.cached_prompt_tokens = Counter(
+            "resonance_prompt_tokens_cached",
+            "Prompt tokens of finished requests served from the prefix cache",
+        )
         # The engine reports these each step; once it holds no request it reports nothing more,
         # so at scrape time an idle engine reads 0 rather than its last busy step.
         self.scheduler = SchedulerStats()
+        self._unfinished: Callable[[], int] = lambda: 0
         for name, help_text, read in (
             ("resonance_num_requests_running", "Requests the engine is running",
              lambda s: s.num_running_reqs),
@@ -76,20 +85,36 @@ class Metrics:
              lambda s: s.kv_cache_usage),
         ):  # fmt: skip
             gauge = Gauge(name, help_text)
-            gauge.set_function(
-                lambda read=read: read(self.scheduler) if unfinished_requests() else 0
-            )
-        info = Gauge(
+            gauge.set_function(lambda read=read: read(self.scheduler) if self._unfinished() else 0)
+        self._rope_info = Gauge(
             "resonance_rope_info",
             "RoPE settings of the served model (value 1)",
             ["rope_type", "factor", "original_max_position_embeddings", "max_model_len"],
         )
-        info.labels(
+        self._admitted = Gauge(
+            "resonance_admitted",
+            "Admitted and not yet finished: requests, engine sequences, tokens",
+            ["resource"],
+        )
+
+    def describe_model(self, max_model_len: int, rope: Mapping[str, Any]) -> None:
+        self._rope_info.labels(
             rope_type=str(rope.get("rope_type", "default")),
             factor=str(rope.get("factor", 1.0)),
             original_max_position_embeddings=str(rope.get("original_max_position_embeddings", "")),
             max_model_len=str(max_model_len),
         ).set(1)
+
+    def watch_engine(self, unfinished_requests: Callable[[], int]) -> None:
+        """``unfinished_requests`` counts the requests the engine still holds."""
+        self._unfinished = unfinished_requests
+
+    def watch_admission(self, admission: Any) -> None:
+        """What is admitted now, against each limit."""
+        for resource in ("requests", "sequences", "tokens"):
+            self._admitted.labels(resource=resource).set_function(
+                lambda resource=resource: getattr(admission, resource)
+            )
 
     def stat_logger(self) -> type[StatLoggerBase]:
         """A vLLM stat-logger class that records into these metrics."""
@@ -112,6 +137,7 @@ class Metrics:
                     metrics.e2e_latency.observe(finished.e2e_latency)
                     metrics.prompt_tokens.observe(finished.num_prompt_tokens)
                     metrics.generation_tokens.observe(finished.num_generation_tokens)
+                    metrics.cached_prompt_tokens.inc(finished.num_cached_tokens)
 
             def log_engine_initialized(self) -> None:
                 pass

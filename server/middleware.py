@@ -8,6 +8,7 @@ import hmac
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from prometheus_client import Counter
 from starlette.exceptions import HTTPException
@@ -15,16 +16,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.errors import error_body
 
-ENDPOINTS = (
-    "/v1/completions",
-    "/v1/chat/completions",
-    "/v1/models",
-    "/tokenize",
-    "/detokenize",
-    "/health",
-    "/version",
-    "/metrics",
-)
 PROBES = ("/health", "/metrics")
 
 
@@ -47,18 +38,17 @@ class ServerState:
     api_keys: list[bytes] = field(default_factory=list)  # digests (`key_digest`)
 
 
-CLEANUP_KEY = "resonance.cleanup"
-STATUS_KEY = "resonance.status"
+@dataclass
+class RequestContext:
+    """What the route side tells the middleware about one request (kept in its ASGI scope)."""
 
+    KEY: ClassVar[str] = "resonance.context"
+    cleanups: list[Callable[[], None]] = field(default_factory=list)  # run when it ends
+    status: int | None = None  # a stream's outcome, when it failed after its 200 was sent
 
-def record_status(scope: Scope, status: int) -> None:
-    """The outcome of a stream whose HTTP status (200) was sent before it failed."""
-    scope[STATUS_KEY] = status
-
-
-def release_at_end(scope: Scope, callback: Callable[[], None]) -> None:
-    """Run ``callback`` when the HTTP exchange ends: answered, failed or disconnected."""
-    scope.setdefault(CLEANUP_KEY, []).append(callback)
+    @classmethod
+    def of(cls, scope: Scope) -> "RequestContext":
+        return scope.setdefault(cls.KEY, cls())
 
 
 class BodyTooLarge(HTTPException):
@@ -74,10 +64,12 @@ class Gatekeeper:
         app: ASGIApp,
         state: ServerState,
         counter: Counter,
+        endpoints: frozenset[str],
         max_body_bytes: int,
         probes_need_key: bool,
     ) -> None:
-        self.app, self.state, self.counter = app, state, counter
+        """``endpoints``: the paths of the app's routes, each counted under its own label."""
+        self.app, self.state, self.counter, self.endpoints = app, state, counter, endpoints
         self.max_body_bytes, self.probes_need_key = max_body_bytes, probes_need_key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -94,6 +86,7 @@ class Gatekeeper:
             await send(message)
 
         self.state.active_requests += 1
+        context = RequestContext.of(scope)
         try:
             refusal = self._refusal(scope)
             if refusal is not None:
@@ -101,11 +94,11 @@ class Gatekeeper:
                 return
             await self.app(scope, self._limited(receive), send_status)
         finally:
-            for callback in scope.get(CLEANUP_KEY, ()):
+            for callback in context.cleanups:
                 callback()
             self.state.active_requests -= 1
-            endpoint = path if path in ENDPOINTS else "other"
-            status = scope.get(STATUS_KEY, status)
+            endpoint = path if path in self.endpoints else "other"
+            status = context.status or status
             self.counter.labels(endpoint=endpoint, status=str(status)).inc()
 
     def _refusal(self, scope: Scope) -> tuple[int, str, dict[str, str]] | None:

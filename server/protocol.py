@@ -288,6 +288,18 @@ class TokenizeRequest(BaseModel):
     add_special_tokens: bool = True
 
 
+class LoadLoraRequest(BaseModel):
+    model_config = STRICT
+    lora_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:/-]{1,128}$")]
+    lora_path: Text
+
+
+class UnloadLoraRequest(BaseModel):
+    model_config = STRICT
+    lora_name: Text
+    lora_int_id: int | None = None  # vLLM's server accepts it; the name decides
+
+
 class DetokenizeRequest(BaseModel):
     model_config = STRICT
     model: Text | None = None
@@ -359,6 +371,7 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str
     root: str
+    parent: str | None = None  # an adapter's base model
     max_model_len: int
     rope_parameters: dict[str, Any]
 

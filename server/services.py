@@ -9,6 +9,7 @@ from vllm.tool_parsers.abstract_tool_parser import ToolParser
 
 from server.engine import Engine
 from server.execution import Executor
+from server.lora import Adapters
 from server.middleware import ServerState
 from server.prompts import PromptTokenizer
 from server.sampling import Limits
@@ -23,6 +24,7 @@ class Services:
     prompts: PromptTokenizer
     executor: Executor
     limits: Limits
+    adapters: Adapters
     tool_parser: type[ToolParser] | None = None  # vLLM's, for tool_choice "auto"
     created: int = field(default_factory=lambda: int(time.time()))
 

@@ -4,7 +4,7 @@ Priority: flags, then environment, then the YAML file named by ``--config`` (or
 RESONANCE_CONFIG), then the defaults below. YAML keys are the field names (``rope_type: yarn``).
 """
 
-from dataclasses import dataclass
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,7 +19,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from rope_plugins import catalog, validate_rope_parameters
+from rope_plugins import catalog
 from rope_plugins.catalog import SERVABLE_TYPES
 
 RopeType = Literal[SERVABLE_TYPES]  # type: ignore[valid-type]
@@ -81,6 +81,37 @@ class Settings(BaseSettings):
     enable_prefix_caching: bool | None = Field(None, description="Reuse KV of shared prefixes")
     enforce_eager: bool = Field(False, description="No CUDA graphs / compilation")
     seed: int = Field(0, description="Engine random seed")
+    kv_cache_dtype: str = Field(
+        "auto", description="KV-cache element type: auto (the model's), fp8, fp8_e4m3, fp8_e5m2"
+    )
+    quantization: str | None = Field(
+        None, description="Weight quantization method (vLLM's names: fp8, awq, gptq, ...)"
+    )
+    max_num_batched_tokens: int | None = Field(
+        None, ge=1, description="Tokens per engine step (bounds a long prefill's chunk)"
+    )
+    long_prefill_token_threshold: int | None = Field(
+        None, ge=0, description="A prefill longer than this counts as long (chunked prefill)"
+    )
+    max_num_partial_prefills: int | None = Field(
+        None, ge=1, description="Prefills that may run at once, long ones among them"
+    )
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any other vLLM engine argument: repeat --engine-arg KEY=VALUE (VALUE read "
+        "as JSON where it parses); RESONANCE_ENGINE_ARGS and YAML engine_args as an object",
+    )
+
+    # --- LoRA adapters (vLLM's)
+    lora_modules: list[str] = Field(
+        default_factory=list,
+        description="Adapter to serve as a model of its own: repeat --lora-module NAME=PATH",
+    )
+    max_lora_rank: int | None = Field(None, ge=1, description="Largest adapter rank")
+    max_loras: int | None = Field(None, ge=1, description="Adapters in one engine step")
+    allow_runtime_lora: bool = Field(
+        False, description="Allow POST /v1/load_lora_adapter and /v1/unload_lora_adapter"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
 
     # --- chat
@@ -140,6 +171,19 @@ class Settings(BaseSettings):
     drain_timeout: float = Field(
         30.0, ge=0, description="Seconds in-flight requests get to finish after SIGTERM"
     )
+
+    @field_validator("engine_args", mode="before")
+    @classmethod
+    def _engine_arg_values(cls, value: Any) -> Any:
+        """Flags give every value as text: read each as JSON where it parses."""
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ValueError("engine_args must be a JSON object") from None
+        if not isinstance(value, dict):
+            return value
+        return {str(key): _json_or_text(item) for key, item in value.items()}
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -234,6 +278,36 @@ class Settings(BaseSettings):
         return self.rope_factor
 
 
+def _json_or_text(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+# Settings handed to vLLM's engine as the engine argument of the same name.
+ENGINE_FIELDS = (
+    "tensor_parallel_size",
+    "pipeline_parallel_size",
+    "distributed_executor_backend",
+    "gpu_memory_utilization",
+    "max_num_seqs",
+    "enable_chunked_prefill",
+    "enable_prefix_caching",
+    "enforce_eager",
+    "seed",
+    "kv_cache_dtype",
+    "quantization",
+    "max_num_batched_tokens",
+    "long_prefill_token_threshold",
+    "max_num_partial_prefills",
+    "max_lora_rank",
+    "max_loras",
+)
+
+
 class YamlFileSource(PydanticBaseSettingsSource):
     """The YAML file whose path the higher-priority sources (flags, environment) gave."""
 
@@ -267,54 +341,10 @@ def load_settings(argv: list[str] | None) -> Settings:
         cli_implicit_flags=True,
         cli_hide_none_type=True,
         cli_avoid_json=True,
-        cli_shortcuts={"api-keys": "api-key"},
+        cli_shortcuts={
+            "api-keys": "api-key",
+            "engine-args": "engine-arg",
+            "lora-modules": "lora-module",
+        },
     )
     return Settings(_cli_settings_source=cli)
-
-
-@dataclass(frozen=True)
-class RopeOverride:
-    """What the settings change in an unmodified checkpoint's config, and the context served."""
-
-    rope_parameters: dict[str, Any]
-    max_position_embeddings: int
-    max_model_len: int
-
-
-def rope_override(
-    settings: Settings, checkpoint_rope: dict[str, Any], checkpoint_max_positions: int
-) -> RopeOverride | None:
-    """None when the settings leave the checkpoint's own RoPE as it is.
-
-    The checkpoint's other rope_parameters keys (partial_rotary_factor, ...) are kept.
-    Raises ValueError (one line, naming the setting) on a combination that cannot be served.
-    """
-    rope_type = settings.effective_rope_type
-    if rope_type is None:
-        return None
-    original = settings.original_max_position_embeddings or checkpoint_max_positions
-    factor = settings.effective_factor or 1.0
-    params = catalog.scaled_rope_parameters(
-        checkpoint_rope,
-        rope_type,
-        factor,
-        original,
-        beta_fast=settings.yarn_beta_fast,
-        beta_slow=settings.yarn_beta_slow,
-        low_freq_factor=settings.llama3_low_freq_factor,
-        high_freq_factor=settings.llama3_high_freq_factor,
-    )
-    if rope_type in catalog.RESONANCE_TYPES:
-        validate_rope_parameters(params)
-    served = catalog.served_length(rope_type, factor, original)
-    if settings.max_model_len is not None and settings.max_model_len > served:
-        raise ValueError(
-            f"max_model_len ({settings.max_model_len}) is longer than the served context "
-            f"({served} tokens: rope_factor {factor:g} x original_max_position_embeddings "
-            f"{original})"
-        )
-    return RopeOverride(
-        rope_parameters=params,
-        max_position_embeddings=catalog.config_max_position_embeddings(rope_type, factor, original),
-        max_model_len=settings.max_model_len or served,
-    )

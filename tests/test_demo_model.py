@@ -11,7 +11,7 @@ import torch
 from pydantic import BaseModel, Field
 
 import rope_plugins
-from server.demo import DEMO_NAME
+from server.model_source import DEMO_NAME
 from tests.conftest import start_server, stop_server
 
 pytestmark = pytest.mark.engine

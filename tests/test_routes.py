@@ -5,9 +5,9 @@ from types import SimpleNamespace
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from server.engine import ModelInfo
 from server.errors import install_error_handlers
 from server.middleware import ServerState
+from server.plan import ModelInfo
 from server.routes import models, probes
 
 
@@ -47,7 +47,7 @@ def test_health_router_alone():
 
 
 def test_models_router_alone_shows_the_name_not_the_path():
-    client = app_with(models.router, engine=StandInEngine())
+    client = app_with(models.router, engine=StandInEngine(), adapters=SimpleNamespace(all=list))
     (card,) = client.get("/v1/models").json()["data"]
     assert card["root"] == "m" and card["max_model_len"] == 1024
     assert "/srv/secret/path" not in client.get("/v1/models").text

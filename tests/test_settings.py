@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from server.settings import Settings, load_settings, rope_override
+from server.plan import rope_override
+from server.settings import Settings, load_settings
 
 
 def test_flags_win_over_environment_over_yaml(tmp_path, monkeypatch):

@@ -14,7 +14,8 @@ from rope_plugins import frequencies as f
 from rope_plugins.catalog import SERVABLE_TYPES, takes_factor
 from rope_plugins.resonance import resonance_rope
 from rope_plugins.vllm_rotary import ResonanceRotaryEmbedding
-from server.settings import Settings, rope_override
+from server.plan import rope_override
+from server.settings import Settings
 from tests import reference as ref
 
 HEAD, BASE, ORIGINAL, FACTOR = 128, 10000.0, 2048, 4.0

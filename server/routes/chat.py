@@ -117,7 +117,7 @@ class Chat:
         return self._envelope(job, "chat.completion.chunk") | {"choices": choices}
 
     def _envelope(self, job: Job, obj: str) -> dict[str, Any]:
-        return r.envelope(job.request_id, obj, self.s.executor.model, job.created)
+        return r.envelope(job.request_id, obj, job.model, job.created)
 
     def _logprobs(self, job: Job, completion: CompletionOutput) -> dict[str, Any] | None:
         if job.logprobs is None:

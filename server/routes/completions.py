@@ -77,7 +77,7 @@ class Completions:
             for i, output in enumerate(outputs)
             for completion in output.outputs
         ]
-        body = r.envelope(job.request_id, "text_completion", self.s.executor.model, job.created)
+        body = r.envelope(job.request_id, "text_completion", job.model, job.created)
         return body | {"choices": choices, "usage": r.outputs_usage(job.prompt_tokens, outputs)}
 
     def preamble(self, job: Job) -> None:
@@ -95,7 +95,7 @@ class Completions:
             choices.append(self._choice(job, prompt_index, output, completion, first))
         if not choices:
             return None
-        body = r.envelope(job.request_id, "text_completion", self.s.executor.model, job.created)
+        body = r.envelope(job.request_id, "text_completion", job.model, job.created)
         return body | {"choices": choices}
 
     def _choice(

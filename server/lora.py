@@ -1,0 +1,94 @@
+"""LoRA adapters: each a model of its own, named by the request's ``model``, run by vLLM.
+
+An adapter is checked here before vLLM loads it (a folder with ``adapter_config.json``, a rank
+within the engine's limit), then loaded with vLLM's ``add_lora`` and only then listed, so a
+refused or failed load leaves nothing behind. It runs on the base model's RoPE scaling.
+"""
+
+import asyncio
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vllm.lora.request import LoRARequest
+
+from server.errors import APIError
+
+
+@dataclass(frozen=True)
+class Adapter:
+    name: str
+    path: str
+    rank: int
+    request: LoRARequest
+
+
+class Adapters:
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self._loaded: dict[str, Adapter] = {}
+        self._next_id = 1
+        self._lock = asyncio.Lock()
+
+    @property
+    def max_rank(self) -> int | None:
+        """The engine's limit; None when it serves no adapters."""
+        return self.engine.max_lora_rank
+
+    def get(self, name: str) -> Adapter | None:
+        return self._loaded.get(name)
+
+    def all(self) -> list[Adapter]:
+        return list(self._loaded.values())
+
+    async def load(self, name: str, path: str) -> Adapter:
+        async with self._lock:
+            if name == self.engine.info.name or name in self._loaded:
+                raise APIError(400, f"a model named {name!r} is served already", param="lora_name")
+            if self.max_rank is None:
+                raise APIError(400, "this server was started without LoRA", param="lora_name")
+            rank = self._rank(path)
+            request = LoRARequest(name, self._next_id, str(Path(path).resolve()))
+            try:
+                await self.engine.llm.add_lora(request)
+            except Exception as error:  # vLLM's worker could not read it: nothing was added
+                lines = str(error).strip().splitlines()
+                message = lines[0] if lines else type(error).__name__
+                message = f"the adapter could not be loaded: {message}"
+                raise APIError(400, message, param="lora_path") from None
+            self._next_id += 1
+            adapter = Adapter(name, path, rank, request)
+            self._loaded[name] = adapter
+            return adapter
+
+    async def unload(self, name: str) -> None:
+        async with self._lock:
+            adapter = self._loaded.get(name)
+            if adapter is None:
+                raise APIError(
+                    404, f"no adapter named {name!r} is loaded", "lora_name", "model_not_found"
+                )
+            await self.engine.llm.remove_lora(adapter.request.lora_int_id)
+            del self._loaded[name]
+
+    def _rank(self, path: str) -> int:
+        config_file = Path(path) / "adapter_config.json"
+        try:
+            config = json.loads(config_file.read_text())
+        except OSError:
+            message = f"no adapter at {path} (no adapter_config.json)"
+            raise APIError(400, message, param="lora_path") from None
+        except ValueError:
+            raise APIError(400, f"{config_file} is not valid JSON", "lora_path") from None
+        rank = config.get("r")
+        if not isinstance(rank, int) or rank < 1:
+            raise APIError(400, f"{config_file} gives no rank r", "lora_path")
+        if rank > self.max_rank:
+            raise APIError(
+                400,
+                f"the adapter's rank {rank} is above this server's --max-lora-rank "
+                f"{self.max_rank}",
+                param="lora_path",
+            )
+        return rank

@@ -1,0 +1,266 @@
+"""Settings and the checkpoint's config -> everything the engine is started with.
+
+One pure step, testable without an engine: the RoPE override, vLLM's engine arguments (the
+server's own and the user's pass-through ones, checked against vLLM's ``AsyncEngineArgs``),
+the environment, the served context, the CPU build's KV-cache size, the LoRA adapters and
+every limit that can be checked before the engine starts. `server.engine` only executes it.
+"""
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from rope_plugins import catalog, validate_rope_parameters
+from server.model_source import ModelSource
+from server.settings import ENGINE_FIELDS, Settings
+
+# The CPU build's KV cache, when not set: room for this many sequences at the served length
+# (or --max-num-seqs), within this share of the machine's memory and at least 1 GiB.
+KV_CACHE_SEQUENCES, KV_CACHE_MEMORY_SHARE = 8, 0.25
+# vLLM turns engine outputs into request outputs on the front end's event loop and yields
+# between slices of this many sequences: with many log-probabilities per token a slice of 128
+# holds the loop (and /health) for a second; one at a time keeps it free.
+OUTPUT_SLICE_SEQUENCES = 1
+QUEUED_CONTEXTS = 16  # --max-queued-tokens default: this many full contexts in flight
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "half": 2, "float": 4}
+# Engine arguments the server sets itself, and the flag that sets each.
+DERIVED = {
+    "model": "--model",
+    "served_model_name": "--served-model-name",
+    "max_model_len": "--max-model-len",
+    "hf_overrides": "--rope-type, --rope-factor and --original-max-position-embeddings",
+    "rope_scaling": "--rope-type and --rope-factor",
+    "rope_theta": "the checkpoint's config (rope_parameters.rope_theta)",
+    "enable_lora": "--lora-module or --allow-runtime-lora",
+    "enable_log_requests": "--log-level",
+    "dtype": "--dtype",
+    **{name: "--" + name.replace("_", "-") for name in ENGINE_FIELDS},
+}
+
+
+@dataclass(frozen=True)
+class RopeOverride:
+    """What the settings change in an unmodified checkpoint's config, and the context served."""
+
+    rope_parameters: dict[str, Any]
+    max_position_embeddings: int
+    max_model_len: int
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    checkpoint: str  # the folder or hub id vLLM loads (never shown to clients)
+    origin: str  # where the model came from, for the start-up message
+    trained_context: int  # positions the checkpoint was trained on
+    max_model_len: int
+    rope: dict[str, Any]  # the effective rope_parameters of the served model
+
+
+@dataclass(frozen=True)
+class Platform:
+    """What the plan needs to know of the machine."""
+
+    cpu: bool
+    memory_bytes: int
+    environ: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EnginePlan:
+    engine_args: dict[str, Any]  # AsyncEngineArgs(**engine_args)
+    environment: dict[str, str]  # set in this process before the engine starts
+    info: ModelInfo
+    max_queued_tokens: int
+    kv_cache_gib: int | None  # the CPU build's KV cache, None elsewhere
+    kv_bytes_per_token: int
+    lora_modules: dict[str, str]  # adapter name -> path, loaded at start
+
+    @property
+    def kv_sequences(self) -> float | None:
+        """Sequences of the served length that the CPU build's KV cache holds."""
+        if self.kv_cache_gib is None:
+            return None
+        return self.kv_cache_gib * 2**30 / (self.info.max_model_len * self.kv_bytes_per_token)
+
+
+def checkpoint_rope(config: Any) -> tuple[dict[str, Any], int]:
+    """The checkpoint's own rope_parameters and max_position_embeddings."""
+    rope = dict(getattr(config, "rope_parameters", None) or {})
+    return rope, int(config.max_position_embeddings)
+
+
+def trained_context(config: Any) -> int:
+    """The checkpoint's own context: what its RoPE scaling extends, if it has one."""
+    rope, max_positions = checkpoint_rope(config)
+    return int(rope.get("original_max_position_embeddings") or max_positions)
+
+
+def rope_override(
+    settings: Settings, checkpoint: dict[str, Any], checkpoint_max_positions: int
+) -> RopeOverride | None:
+    """None when the settings leave the checkpoint's own RoPE as it is.
+
+    The checkpoint's other rope_parameters keys (partial_rotary_factor, ...) are kept.
+    Raises ValueError (one line, naming the setting) on a combination that cannot be served.
+    """
+    rope_type = settings.effective_rope_type
+    if rope_type is None:
+        return None
+    original = settings.original_max_position_embeddings or checkpoint_max_positions
+    factor = settings.effective_factor or 1.0
+    params = catalog.scaled_rope_parameters(
+        checkpoint,
+        rope_type,
+        factor,
+        original,
+        beta_fast=settings.yarn_beta_fast,
+        beta_slow=settings.yarn_beta_slow,
+        low_freq_factor=settings.llama3_low_freq_factor,
+        high_freq_factor=settings.llama3_high_freq_factor,
+    )
+    if rope_type in catalog.RESONANCE_TYPES:
+        validate_rope_parameters(params)
+    served = catalog.served_length(rope_type, factor, original)
+    if settings.max_model_len is not None and settings.max_model_len > served:
+        raise ValueError(
+            f"max_model_len ({settings.max_model_len}) is longer than the served context "
+            f"({served} tokens: rope_factor {factor:g} x original_max_position_embeddings "
+            f"{original})"
+        )
+    return RopeOverride(
+        rope_parameters=params,
+        max_position_embeddings=catalog.config_max_position_embeddings(rope_type, factor, original),
+        max_model_len=settings.max_model_len or served,
+    )
+
+
+def kv_bytes_per_token(config: Any, dtype: str, kv_cache_dtype: str = "auto") -> int:
+    """Keys and values of every layer for one token, in the KV cache's own dtype."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    if kv_cache_dtype.startswith("fp8"):
+        element = 1
+    else:
+        if dtype == "auto":
+            dtype = str(getattr(config, "dtype", None) or "bfloat16").removeprefix("torch.")
+        element = _DTYPE_BYTES.get(dtype, 4)
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * element
+
+
+def pass_through(settings: Settings) -> dict[str, Any]:
+    """The user's ``--engine-arg`` keys, each one vLLM's and none that the server sets."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
+    for key in settings.engine_args:
+        if key in DERIVED:
+            raise ValueError(f"engine_args: {key!r} is set by the server; use {DERIVED[key]}")
+        if key not in known:
+            raise ValueError(f"engine_args: {key!r} is not an engine argument of vLLM")
+    return dict(settings.engine_args)
+
+
+def lora_modules(settings: Settings) -> dict[str, str]:
+    modules = {}
+    for entry in settings.lora_modules:
+        name, sep, path = entry.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"lora_modules: {entry!r} is not NAME=PATH")
+        if name in modules:
+            raise ValueError(f"lora_modules: the name {name!r} is given twice")
+        modules[name] = path
+    return modules
+
+
+def build_plan(
+    settings: Settings, source: ModelSource, config: Any, platform: Platform
+) -> EnginePlan:
+    """Raises ValueError (one line, naming the setting) on anything that cannot be served."""
+    rope, max_positions = checkpoint_rope(config)
+    override = rope_override(settings, rope, max_positions)
+    hf_overrides: dict[str, Any] = {}
+    if override is not None:
+        hf_overrides = {
+            "rope_parameters": override.rope_parameters,
+            "max_position_embeddings": override.max_position_embeddings,
+        }
+        served, effective_rope = override.max_model_len, override.rope_parameters
+    else:
+        effective_rope = rope or {"rope_type": "default"}
+        served = catalog.served_max_positions(effective_rope, max_positions)
+        if settings.max_model_len is not None and settings.max_model_len > served:
+            raise ValueError(
+                f"max_model_len ({settings.max_model_len}) is longer than the checkpoint's "
+                f"context ({served} tokens); extend it with --rope-type and --rope-factor"
+            )
+        served = settings.max_model_len or served
+    max_queued = settings.max_queued_tokens or QUEUED_CONTEXTS * served
+    if max_queued < served:
+        raise ValueError(
+            f"max_queued_tokens ({max_queued}) must be at least the served context ({served} "
+            "tokens), or a longest request could never be admitted"
+        )
+    adapters = lora_modules(settings)
+    engine_args = {
+        "model": source.path,
+        "served_model_name": settings.served_model_name or source.name or source.path,
+        "dtype": source.dtype,
+        # Without an override vLLM derives the context from the checkpoint itself.
+        "max_model_len": served if override or settings.max_model_len else None,
+        "hf_overrides": hf_overrides,
+        "enable_log_requests": False,
+        "enable_lora": bool(adapters) or settings.allow_runtime_lora,
+        **{name: getattr(settings, name) for name in ENGINE_FIELDS if getattr(settings, name)
+           is not None},
+        **pass_through(settings),
+    }  # fmt: skip
+    per_token = kv_bytes_per_token(config, source.dtype, settings.kv_cache_dtype)
+    environment = {"VLLM_V1_OUTPUT_PROC_CHUNK_SIZE": str(OUTPUT_SLICE_SEQUENCES)}
+    environment = {k: v for k, v in environment.items() if k not in platform.environ}
+    gib = None
+    if platform.cpu:
+        gib = cpu_kv_cache_gib(settings, platform, per_token, served)
+        environment["VLLM_CPU_KVCACHE_SPACE"] = str(gib)
+    info = ModelInfo(
+        name=engine_args["served_model_name"],
+        checkpoint=source.path,
+        origin=source.origin,
+        trained_context=trained_context(config),
+        max_model_len=served,
+        rope=effective_rope,
+    )
+    return EnginePlan(engine_args, environment, info, max_queued, gib, per_token, adapters)
+
+
+def cpu_kv_cache_gib(settings: Settings, platform: Platform, per_token: int, served: int) -> int:
+    """VLLM_CPU_KVCACHE_SPACE (GiB): as set, or sized for the served context.
+
+    A cache that cannot hold one sequence of the served length is refused before the engine
+    starts (vLLM would fail in its own process, with a traceback).
+    """
+    if settings.cpu_kv_cache_space_gib is not None:
+        gib = math.ceil(settings.cpu_kv_cache_space_gib)
+    elif "VLLM_CPU_KVCACHE_SPACE" in platform.environ:
+        gib = int(platform.environ["VLLM_CPU_KVCACHE_SPACE"])
+    else:
+        sequences = settings.max_num_seqs or KV_CACHE_SEQUENCES
+        needed = math.ceil(sequences * served * per_token / 2**30)
+        cap = int(platform.memory_bytes * KV_CACHE_MEMORY_SHARE / 2**30)
+        gib = max(1, min(needed, cap))
+    one_sequence = served * per_token / 2**30
+    if one_sequence > gib:
+        raise ValueError(
+            f"a KV cache of {gib} GiB cannot hold one sequence of the served {served} tokens "
+            f"({one_sequence:.2f} GiB): raise --cpu-kv-cache-space-gib, lower --max-model-len "
+            "or use --kv-cache-dtype fp8"
+        )
+    return gib
+
+
+def describe(plan: EnginePlan) -> str:
+    """The engine arguments, one line, for the start-up log."""
+    return json.dumps({k: v for k, v in plan.engine_args.items() if k != "model"}, default=str)
