@@ -5,6 +5,7 @@ RESONANCE_CONFIG), then the defaults below. YAML keys are the field names (``rop
 """
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -333,18 +334,39 @@ class YamlFileSource(PydanticBaseSettingsSource):
 
 def load_settings(argv: list[str] | None) -> Settings:
     """Settings from flags (``argv``), the environment and the YAML file."""
+    argv, engine_args = _engine_arg_flags(sys.argv[1:] if argv is None else argv)
     cli = CliSettingsSource(
         Settings,
-        cli_parse_args=argv if argv is not None else True,
+        cli_parse_args=argv,
         cli_prog_name="resonance-serve",
         cli_kebab_case=True,
         cli_implicit_flags=True,
         cli_hide_none_type=True,
         cli_avoid_json=True,
-        cli_shortcuts={
-            "api-keys": "api-key",
-            "engine-args": "engine-arg",
-            "lora-modules": "lora-module",
-        },
+        cli_shortcuts={"api-keys": "api-key", "lora-modules": "lora-module"},
     )
-    return Settings(_cli_settings_source=cli)
+    flags = {"engine_args": engine_args} if engine_args else {}
+    return Settings(_cli_settings_source=cli, **flags)
+
+
+def _engine_arg_flags(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The repeated ``--engine-arg KEY=VALUE`` flags, taken out of ``argv`` as they are.
+
+    pydantic-settings splits a dict flag's value at every comma, which a JSON value (vLLM's
+    ``speculative_config``) has; so these flags are read here, and the rest by pydantic.
+    """
+    rest, pairs = [], {}
+    arguments = iter(argv)
+    for argument in arguments:
+        if argument in ("--engine-arg", "--engine-args"):
+            value = next(arguments, "")
+        elif argument.startswith(("--engine-arg=", "--engine-args=")):
+            value = argument.partition("=")[2]
+        else:
+            rest.append(argument)
+            continue
+        key, sep, text = value.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--engine-arg takes KEY=VALUE (got {value!r})")
+        pairs[key.replace("-", "_")] = text
+    return rest, pairs
