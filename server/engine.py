@@ -37,8 +37,16 @@ def make_plan(settings: Settings) -> EnginePlan:
         cpu=current_platform.is_cpu(),
         memory_bytes=psutil.virtual_memory().total,
         environ=dict(os.environ),
+        fp8_kv_cache=cpu_has_fp8_kv_cache(),
     )
     return build_plan(settings, source, checkpoint_config(source.path), platform)
+
+
+def cpu_has_fp8_kv_cache() -> bool:
+    """What vLLM's CPU attention asks of the processor for an fp8 KV cache."""
+    import torch
+
+    return torch.cpu._is_avx512_supported() or torch.cpu._is_amx_tile_supported()
 
 
 class Engine:

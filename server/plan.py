@@ -67,6 +67,7 @@ class Platform:
     cpu: bool
     memory_bytes: int
     environ: Mapping[str, str] = field(default_factory=dict)
+    fp8_kv_cache: bool = True  # the CPU build's fp8 KV cache needs AVX-512 or AMX
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,11 @@ def build_plan(
     environment = {"VLLM_V1_OUTPUT_PROC_CHUNK_SIZE": str(OUTPUT_SLICE_SEQUENCES)}
     environment = {k: v for k, v in environment.items() if k not in platform.environ}
     gib = None
+    if platform.cpu and settings.kv_cache_dtype.startswith("fp8") and not platform.fp8_kv_cache:
+        raise ValueError(
+            f"kv_cache_dtype {settings.kv_cache_dtype}: vLLM's CPU build keeps an fp8 KV cache "
+            "only on x86 with AVX-512 or AMX, which this CPU lacks"
+        )
     if platform.cpu:
         gib = cpu_kv_cache_gib(settings, platform, per_token, served)
         environment["VLLM_CPU_KVCACHE_SPACE"] = str(gib)

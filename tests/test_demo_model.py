@@ -11,12 +11,17 @@ import torch
 from pydantic import BaseModel, Field
 
 import rope_plugins
+from server.engine import cpu_has_fp8_kv_cache
 from server.model_source import DEMO_NAME
 from tests.conftest import start_server, stop_server
 
 pytestmark = pytest.mark.engine
 
 TRAINED, FACTOR = 8192, 4
+# An fp8 (e4m3) cache rounds each key and value by up to 2**-4 relative; on this 2-layer-deep
+# error budget a mean of 0.15 nats (perplexity within 16%) is loose. Not measured here: the CPU
+# of this project's machines lacks AVX-512, so the test is skipped on them.
+FP8_MEAN_BOUND = 0.15
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
@@ -83,31 +88,16 @@ def long_text(words: int) -> str:
     return " ".join(sentences)
 
 
-def test_prompt_logprobs_past_the_trained_context_match_transformers(demo_server, demo_cache):
-    """A 9000-token prompt (past the 8192 trained positions) scored by the server and by
-    transformers on the same converted weights with the project's resonance_yarn type.
-
-    Both run float32; they differ in kernels (vLLM's paged CPU attention vs PyTorch's SDPA)
-    and so in summation order, which leaves about 1e-5 nats on average here; the bounds
-    (mean 1e-3, any token 5e-2) leave room for that and none for a different RoPE table,
-    which moves log-probabilities by tenths of a nat past the trained length.
-    """
-    import httpx
+@pytest.fixture(scope="module")
+def long_prompt(demo_cache, demo_server):
+    """9000 tokens (past the 8192 trained positions) and transformers' log-probabilities of
+    them on the same converted weights with the project's resonance_yarn type (float32)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     (folder,) = [p for p in demo_cache.iterdir() if p.name.startswith("gguf-")]
     tokenizer = AutoTokenizer.from_pretrained(folder)
     ids = tokenizer(long_text(8000)).input_ids[:9000]
     assert len(ids) == 9000
-    response = httpx.post(
-        f"{demo_server.base_url}/v1/completions",
-        json={"model": DEMO_NAME, "prompt": ids, "max_tokens": 1, "echo": True, "logprobs": 0},
-        timeout=600,
-    )
-    assert response.status_code == 200, response.text
-    served = response.json()["choices"][0]["logprobs"]["token_logprobs"][1 : len(ids)]
-    served = torch.tensor(served, dtype=torch.float64)
-
     rope_plugins.register()
     config = AutoConfig.from_pretrained(folder)
     config.rope_parameters = {
@@ -125,13 +115,65 @@ def test_prompt_logprobs_past_the_trained_context_match_transformers(demo_server
     with torch.no_grad():
         logits = model(torch.tensor([ids])).logits[0, :-1].double()
     expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
-    difference = (served - expected).abs()
+    return ids, expected
+
+
+def served_logprobs(server, ids: list[int]) -> torch.Tensor:
+    import httpx
+
+    response = httpx.post(
+        f"{server.base_url}/v1/completions",
+        json={"model": DEMO_NAME, "prompt": ids, "max_tokens": 1, "echo": True, "logprobs": 0},
+        timeout=600,
+    )
+    assert response.status_code == 200, response.text
+    served = response.json()["choices"][0]["logprobs"]["token_logprobs"][1 : len(ids)]
+    return torch.tensor(served, dtype=torch.float64)
+
+
+def test_prompt_logprobs_past_the_trained_context_match_transformers(demo_server, long_prompt):
+    """Both run float32; they differ in kernels (vLLM's paged CPU attention vs PyTorch's SDPA)
+    and so in summation order, which leaves about 1e-5 nats on average here; the bounds
+    (mean 1e-3, any token 5e-2) leave room for that and none for a different RoPE table,
+    which moves log-probabilities by tenths of a nat past the trained length.
+    """
+    ids, expected = long_prompt
+    difference = (served_logprobs(demo_server, ids) - expected).abs()
     print(f"\nserved vs transformers over {len(ids)} tokens: mean |diff| "
           f"{difference.mean():.2e}, max {difference.max():.2e}")  # fmt: skip
     assert difference.mean() < 1e-3
     assert difference.max() < 5e-2
     past = difference[TRAINED:]
     assert len(past) > 500 and past.mean() < 1e-3
+
+
+@pytest.mark.skipif(
+    not cpu_has_fp8_kv_cache(), reason="vLLM's CPU fp8 KV cache needs AVX-512 or AMX"
+)
+def test_an_fp8_kv_cache_serves_the_long_prompt_close_to_float32(
+    demo_cache, long_prompt, tmp_path_factory
+):
+    """The demo with --kv-cache-dtype fp8 (e4m3: 3 mantissa bits, so each cached key and value
+    is rounded by up to 6%) against the float32 reference on the same 9000 tokens."""
+    ids, expected = long_prompt
+    fp8 = start_server(
+        ["--cache-dir", str(demo_cache), "--enforce-eager", "--kv-cache-dtype", "fp8",
+         "--cpu-kv-cache-space-gib", "1", "--max-num-seqs", "2"],
+        tmp_path_factory.mktemp("demo-fp8") / "server.log",
+        timeout=600,
+    )  # fmt: skip
+    try:
+        served = served_logprobs(fp8, ids)
+        output = fp8.output()
+    finally:
+        stop_server(fp8)
+    difference = (served - expected).abs()
+    print(f"\nfp8 KV cache vs float32 over {len(ids)} tokens: mean |diff| "
+          f"{difference.mean():.2e}, max {difference.max():.2e}, "
+          f"mean signed {(served - expected).mean():+.2e}")  # fmt: skip
+    assert "sequences of 32768 tokens" in output
+    assert difference.mean() < FP8_MEAN_BOUND
+    assert difference.mean() > 1e-4  # the cache really is fp8: float32 differs by 1e-5
 
 
 # ------------------------------------------------------- the clients people use, on real text

@@ -94,11 +94,13 @@ def test_the_checkpoints_own_rope_is_kept_without_flags():
         ({"engine_args": {"max_model_len": 9}}, "'max_model_len' is set by the server; use --max"),
         ({"engine_args": {"hf_overrides": {}}}, "use --rope-type"),
         ({"lora_modules": ["no-path"]}, "'no-path' is not NAME=PATH"),
+        ({"kv_cache_dtype": "fp8_e4m3"}, "fp8 KV cache only on x86 with AVX-512 or AMX"),
     ],
 )  # fmt: skip
 def test_what_cannot_be_served_is_refused_before_the_engine_starts(settings, message):
+    avx2_only = Platform(cpu=True, memory_bytes=24 * GiB, fp8_kv_cache=False)
     with pytest.raises(ValueError) as refused:
-        build_plan(Settings(model="org/tiny", **settings), folder(), tiny_config(), MACHINE)
+        build_plan(Settings(model="org/tiny", **settings), folder(), tiny_config(), avx2_only)
     assert message in str(refused.value) and "\n" not in str(refused.value)
 
 
