@@ -6,10 +6,10 @@ resonance-serve once per configuration; the evaluations talk to it over HTTP onl
 
     python -m benchmarks.long_context_quality [--configs none,yarn:2,...] [--out DIR]
 
-Budget on 2 cores: prompt log-probabilities over the 49K vocabulary dominate (a 12K-token prompt
-takes about 5 minutes on the engine's one core, a 24K one more than 15), so by default each
-configuration scores one document of 12K tokens (its per-position buckets cover every shorter
-position) and one passkey prompt of 4000; the flags take more on a faster host.
+Prompt log-probabilities over the 49K vocabulary dominate the time (docs/RESULTS.md section 6
+gives it), so by default each configuration scores one document of 12K tokens (its
+per-position buckets cover every shorter position) and one passkey prompt of 4000; the flags
+take more on a faster host.
 """
 
 import argparse
@@ -25,7 +25,6 @@ from evals.report import plot_runs
 from harness.servers import free_port, serving
 
 TRAINED = 8192
-# The whole grid at the defaults below takes about 75 minutes on 2 cores (8 a configuration).
 DEFAULT_CONFIGS = ",".join(
     ["none"] + [f"{rope}:{factor}" for factor in (2, 4) for rope in
                 ("yarn", "resonance_yarn", "ntk", "resonance_ntk")]

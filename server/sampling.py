@@ -80,16 +80,7 @@ def structured_outputs(
     given = request.structured_outputs
     if given is None:
         return None
-    return StructuredOutputsParams(
-        json=given.json_schema,
-        regex=given.regex,
-        choice=given.choice,
-        grammar=given.grammar,
-        json_object=given.json_object,
-        disable_any_whitespace=given.disable_any_whitespace,
-        disable_additional_properties=given.disable_additional_properties,
-        whitespace_pattern=given.whitespace_pattern,
-    )
+    return StructuredOutputsParams(**given.model_dump(by_alias=True))
 
 
 def logit_bias(request: SamplingRequest, vocab_size: int) -> dict[int, float] | None:

@@ -107,11 +107,16 @@ def client(server):
     return OpenAI(base_url=f"{server.base_url}/v1", api_key=API_KEY, max_retries=0)
 
 
+def keyed_client(server: RunningServer, key: str) -> httpx.Client:
+    """httpx against ``server``, sending ``key``."""
+    headers = {"Authorization": f"Bearer {key}"}
+    return httpx.Client(base_url=server.base_url, headers=headers, timeout=120)
+
+
 @pytest.fixture(scope="session")
 def http(server):
     """httpx against the session server, with its API key."""
-    headers = {"Authorization": f"Bearer {API_KEY}"}
-    with httpx.Client(base_url=server.base_url, headers=headers, timeout=120) as session:
+    with keyed_client(server, API_KEY) as session:
         yield session
 
 

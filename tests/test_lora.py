@@ -9,7 +9,14 @@ import pytest
 import torch
 
 import rope_plugins
-from tests.conftest import FACTOR, ORIGINAL_CONTEXT, SERVED_CONTEXT, start_server, stop_server
+from tests.conftest import (
+    FACTOR,
+    ORIGINAL_CONTEXT,
+    SERVED_CONTEXT,
+    keyed_client,
+    start_server,
+    stop_server,
+)
 from tests.test_server_api import token_prompt
 
 pytestmark = pytest.mark.engine
@@ -53,8 +60,7 @@ def lora_server(plain_checkpoint, adapter, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def http(lora_server):
-    headers = {"Authorization": f"Bearer {KEY}"}
-    with httpx.Client(base_url=lora_server.base_url, headers=headers, timeout=120) as session:
+    with keyed_client(lora_server, KEY) as session:
         yield session
 
 

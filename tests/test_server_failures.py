@@ -228,9 +228,12 @@ def test_resonance_dynamic_serves_dynamic_ntk_at_the_served_length(
     expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
     difference = (served.double() - expected).abs()
     assert difference.mean() < 1e-3 and difference.max() < 2e-2  # as for resonance_yarn
-    # The table the server uses is not plain RoPE's (the base grew).
-    plain = 1e4
-    assert not np.allclose(ref.resonance(ref.rope(128, plain)), ref.resonance(ref.rope(128, base)))
+    # The same weights with plain RoPE's table are far from what was served (the base grew).
+    plain = AutoModelForCausalLM.from_pretrained(plain_checkpoint).eval()
+    with torch.no_grad():
+        logits = plain(torch.tensor([ids])).logits[0, :-1].double()
+    unscaled = torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
+    assert (served.double() - unscaled).abs().mean() > 10 * difference.mean()
 
 
 def test_dead_engine_fails_health_and_exits_non_zero(fragile_server):
@@ -239,4 +242,4 @@ def test_dead_engine_fails_health_and_exits_non_zero(fragile_server):
     engine_core.send_signal(signal.SIGKILL)
     # The server notices, stops answering health checks and exits so that it is restarted.
     assert fragile_server.process.wait(30) not in (0, None)
-    assert "engine" in fragile_server.output().lower()
+    assert "the engine died; exiting so that the server is restarted" in fragile_server.output()

@@ -99,7 +99,7 @@ def test_probes_are_open_by_default(server):
 @pytest.mark.parametrize("path", ["/docs", "/redoc", "/openapi.json", "/version", "/nowhere"])
 def test_with_keys_set_only_the_probes_stay_open(server, http, path):
     assert httpx.get(server.base_url + path).status_code == 401
-    assert http.get(path).status_code in (200, 404)
+    assert http.get(path).status_code == (404 if path == "/nowhere" else 200)
 
 
 def test_models_show_no_filesystem_path(http, plain_checkpoint):
@@ -231,7 +231,7 @@ def test_oversized_prompts_are_refused_at_once_and_hold_nobody_up(http, server, 
               f"{rss_before / 2**20:.0f} -> {rss_after / 2**20:.0f} MiB")  # fmt: skip
     assert small
     assert {status for status, _ in refusals} == {400}
-    # Generous bounds for a loaded 2-core machine (measured: well under 1 s each).
+    # Generous bounds for a loaded 2-core machine (RESULTS section 4 has the measured times).
     assert small_seconds < 3 and max(seconds for _, seconds in refusals) < 5
     assert rss_after - rss_before < 1024 * 2**20
     response = http.post("/v1/completions", content=body.encode(), headers=headers)
@@ -324,10 +324,11 @@ def post_json(http: httpx.Client, path: str, body: dict) -> httpx.Response:
     ],
 )
 def test_hostile_values_get_4xx(http, server, fields):
+    logged = len(server.output())
     response = post_json(http, "/v1/completions", {"model": MODEL_NAME, **fields})
     assert 400 <= response.status_code < 500, response.text
     assert response.json()["error"]["message"]
-    assert "Traceback" not in server.output()
+    assert "Traceback" not in server.output()[logged:]  # what this request logged
 
 
 @pytest.mark.parametrize(
@@ -343,10 +344,11 @@ def test_hostile_values_get_4xx(http, server, fields):
     ],
 )  # fmt: skip
 def test_lone_surrogates_anywhere_get_400(http, server, path, body):
+    logged = len(server.output())
     response = post_json(http, path, body)
     assert response.status_code == 400, response.text
     assert "lone surrogate" in response.json()["error"]["message"]
-    assert "Traceback" not in server.output()
+    assert "Traceback" not in server.output()[logged:]  # what this request logged
 
 
 def test_bounded_overload_completes_or_gets_429(http, server, capsys):
