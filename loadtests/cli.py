@@ -14,6 +14,7 @@ from loadtests import report
 from loadtests.client import RequestRecord
 from loadtests.prompts import PromptBuilder
 from loadtests.runner import Level, Workload, run_level, warm_up
+from loadtests.sessions import SessionPlan, print_sessions, run_sessions
 from loadtests.stats import summarize
 
 
@@ -35,6 +36,9 @@ class Options:
     out: Path | None = None
     plots: bool = True
     tokenizer: str | None = None
+    sessions: int = 0  # users of the long-document session workload (0: the sweep)
+    turns: int = 3
+    document_tokens: int = 8192
 
 
 def _ints(text: str) -> list[int]:
@@ -74,6 +78,12 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--tokenizer", help="local tokenizer to count with (default: /tokenize)")
     parser.add_argument("--out", type=Path, default=Path("loadtest-results"))
     parser.add_argument("--no-plots", action="store_true")
+    sessions = parser.add_argument_group(
+        "long-document sessions", "each of N users asks --turns questions about its own document"
+    )
+    sessions.add_argument("--sessions", type=int, default=0, metavar="N", help="users at once")
+    sessions.add_argument("--turns", type=int, default=3, help="questions per user")
+    sessions.add_argument("--document-tokens", type=int, default=8192)
     args = parser.parse_args(argv)
     return Options(
         base_url=args.base_url.rstrip("/"),
@@ -92,6 +102,9 @@ def parse_args(argv: list[str] | None) -> Options:
         out=args.out,
         plots=not args.no_plots,
         tokenizer=args.tokenizer,
+        sessions=args.sessions,
+        turns=args.turns,
+        document_tokens=args.document_tokens,
     )
 
 
@@ -104,32 +117,59 @@ def _builder(options: Options, client: httpx.Client) -> PromptBuilder:
     return PromptBuilder.from_server(client, options.model)
 
 
-async def run_loadtest(options: Options) -> dict[str, Any]:
-    """Run every level; write the report to ``options.out`` if set; return the summary."""
+def _clients(options: Options) -> tuple[httpx.Client, httpx.AsyncClient]:
     headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else {}
     timeout = httpx.Timeout(options.timeout_s, connect=30)
+    # Idle connections are dropped after 2 s, before a server's keep-alive timeout (5 s for
+    # uvicorn, vLLM's included) can close one just as it is reused between levels.
+    limits = httpx.Limits(
+        max_connections=None, max_keepalive_connections=None, keepalive_expiry=2.0
+    )
+    common = {"base_url": options.base_url, "headers": headers, "timeout": timeout}
+    return httpx.Client(**common, limits=limits), httpx.AsyncClient(**common, limits=limits)
+
+
+async def run_session_load(options: Options) -> dict[str, Any]:
+    """The long-document session workload; writes its report to ``options.out`` if set."""
+    plan = SessionPlan(
+        options.sessions, options.turns, options.document_tokens, options.output_tokens
+    )
+    sync, client = _clients(options)
+    with sync:
+        builder = _builder(options, sync)
+        async with client:
+            result = await run_sessions(
+                client, options.model, plan, lambda user: builder.build(plan.document_tokens, user)
+            )
+    summary = {
+        "base_url": options.base_url,
+        "model": options.model,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **result["summary"],
+    }
+    if options.out is not None:
+        options.out.mkdir(parents=True, exist_ok=True)
+        report.write_json(options.out, summary, result["records"])
+        report.write_csv(options.out, result["records"])
+    return summary
+
+
+async def run_loadtest(options: Options) -> dict[str, Any]:
+    """Run every level; write the report to ``options.out`` if set; return the summary."""
     levels = [
         Level("concurrency", c, p) for c in options.concurrency for p in options.prompt_tokens
     ]
     levels += [
         Level("request_rate", r, p) for r in options.request_rate for p in options.prompt_tokens
     ]
-    # Idle connections are dropped after 2 s, before a server's keep-alive timeout (5 s for
-    # uvicorn, vLLM's included) can close one just as it is reused between levels.
-    limits = httpx.Limits(
-        max_connections=None, max_keepalive_connections=None, keepalive_expiry=2.0
-    )
-    with httpx.Client(
-        base_url=options.base_url, headers=headers, timeout=timeout, limits=limits
-    ) as sync:
+    sync, client = _clients(options)
+    with sync:
         builder = _builder(options, sync)
         work = Workload(
             options.endpoint, options.model, options.output_tokens, options.num_requests,
             options.duration_s, builder.build,
         )  # fmt: skip
-        async with httpx.AsyncClient(
-            base_url=options.base_url, headers=headers, timeout=timeout, limits=limits
-        ) as client:
+        async with client:
             await warm_up(client, work, min(options.prompt_tokens), options.warmup)
             results: list[dict[str, Any]] = []
             records: list[RequestRecord] = []
@@ -166,15 +206,20 @@ async def run_loadtest(options: Options) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     options = parse_args(argv)
+    run = run_session_load if options.sessions else run_loadtest
     try:
-        summary = asyncio.run(run_loadtest(options))
+        summary = asyncio.run(run(options))
     except httpx.HTTPError as error:
         sys.exit(f"resonance-loadtest: error: cannot reach {options.base_url}: {error}")
     except ValueError as error:
         sys.exit(f"resonance-loadtest: error: {error}")
-    report.print_table(summary["levels"])
+    if options.sessions:
+        print_sessions(summary)
+    else:
+        report.print_table(summary["levels"])
     if options.out is not None:
-        print(f"report: {options.out}/summary.json, requests.csv, *.png")
+        plots = "" if options.sessions or not options.plots else ", *.png"
+        print(f"report: {options.out}/summary.json, requests.json, requests.csv{plots}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ class RequestRecord:
     error_kind: str = ""  # "http_429", "timeout", "connection", "stream_error", ...
     error: str = ""
     served_prompt_tokens: int = 0  # what the server counted (usage)
+    cached_tokens: int | None = None  # of those, served from its prefix cache, if it says
     output_tokens: int = 0
     ttft_ms: float | None = None
     e2e_ms: float | None = None
@@ -57,9 +58,13 @@ def delta_text(chunk: dict[str, Any]) -> str:
 
 
 async def send(
-    client: httpx.AsyncClient, endpoint: str, body: dict[str, Any], record: RequestRecord
+    client: httpx.AsyncClient,
+    endpoint: str,
+    body: dict[str, Any],
+    record: RequestRecord,
+    collect: list[str] | None = None,
 ) -> RequestRecord:
-    """Send one request and fill ``record`` from its stream."""
+    """Send one request and fill ``record`` from its stream (its text into ``collect``)."""
     path = "/v1/chat/completions" if endpoint == "chat" else "/v1/completions"
     start = time.perf_counter()
     last = None
@@ -77,10 +82,14 @@ async def send(
                 if "error" in chunk:
                     record.error_kind, record.error = "stream_error", str(chunk["error"])[:200]
                     return record
-                if chunk.get("usage"):
-                    record.served_prompt_tokens = chunk["usage"]["prompt_tokens"]
-                    record.output_tokens = chunk["usage"]["completion_tokens"]
-                if chunk.get("choices") and delta_text(chunk):
+                if usage := chunk.get("usage"):
+                    record.served_prompt_tokens = usage["prompt_tokens"]
+                    record.output_tokens = usage["completion_tokens"]
+                    details = usage.get("prompt_tokens_details") or {}
+                    record.cached_tokens = details.get("cached_tokens")
+                if chunk.get("choices") and (text := delta_text(chunk)):
+                    if collect is not None:
+                        collect.append(text)
                     now = time.perf_counter()
                     if last is None:
                         record.ttft_ms = (now - start) * 1000

@@ -79,12 +79,9 @@ class ConstraintCompiler:
         async with self._lock:
             if self._process is None or not self._process.is_alive():
                 self.start()
-            connection = self._connection
             if not self._ready:  # a fresh process: its start is not the constraint's time
-                if not await asyncio.to_thread(connection.poll, START_TIMEOUT):
-                    self.shutdown()
-                    raise RuntimeError("the constraint compiler did not start")
-                self._ready = connection.recv() == READY
+                await asyncio.to_thread(self.wait_ready)
+            connection = self._connection
             connection.send(constraint)
             if not await asyncio.to_thread(connection.poll, self.timeout):
                 logger.warning("a constraint took over %g s to compile; refused", self.timeout)
@@ -94,6 +91,15 @@ class ConstraintCompiler:
             refusal = connection.recv()
         if refusal is not None:
             raise ConstraintError(refusal)
+
+    def wait_ready(self) -> None:
+        """Block until the process has read the tokenizer (the server waits once at start)."""
+        if self._ready:
+            return
+        if not self._connection.poll(START_TIMEOUT):
+            self.shutdown()
+            raise RuntimeError("the constraint compiler did not start")
+        self._ready = self._connection.recv() == READY
 
     def shutdown(self) -> None:
         if self._process is not None:

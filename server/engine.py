@@ -62,13 +62,15 @@ class Engine:
         model_config = vllm_config.model_config
         self.info = dataclasses.replace(plan.info, max_model_len=model_config.max_model_len)
         metrics.describe_model(self.info.max_model_len, self.info.rope)
+        # The constraint compiler starts beside the engine and is ready before the first request.
+        self.constraints = ConstraintCompiler(vllm_config, constraint_timeout)
+        self.constraints.start()
         self.llm = AsyncLLM.from_vllm_config(vllm_config, stat_loggers=[metrics.stat_logger()])
+        self.constraints.wait_ready()
         metrics.watch_engine(self.llm.get_num_unfinished_requests)
         self.tokenizer = self.llm.get_tokenizer()
         lora = vllm_config.lora_config
         self.max_lora_rank = lora.max_lora_rank if lora is not None else None
-        self.constraints = ConstraintCompiler(vllm_config, constraint_timeout)
-        self.constraints.start()
         # The checkpoint's generation_config.json defaults, applied as vLLM's server does.
         self.default_sampling = model_config.get_diff_sampling_param()
         if plan.kv_cache_gib is not None:

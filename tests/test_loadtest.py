@@ -149,3 +149,42 @@ def test_locust_master_and_worker_share_the_prompt_builder(server, tmp_path):
     assert int(stats["/v1/completions"]["Request Count"]) > 0
     assert int(stats["/v1/completions"]["Failure Count"]) == 0
     assert float(stats["time_to_first_token"]["Median Response Time"]) > 0
+
+
+def test_cache_counters_are_read_from_prometheus_text():
+    from loadtests.sessions import metric_totals
+
+    text = (
+        "# HELP vllm:prefix_cache_hits_total hits\n"
+        'vllm:prefix_cache_hits_total{engine="0",model_name="m"} 120.0\n'
+        'vllm:prefix_cache_hits_total{engine="1",model_name="m"} 30.0\n'
+        'vllm:prefix_cache_queries_total{engine="0",model_name="m"} 400.0\n'
+        "vllm:prefix_cache_queries_created 17.0\n"
+    )
+    assert metric_totals(text) == {
+        "vllm:prefix_cache_hits_total": 150.0,
+        "vllm:prefix_cache_queries_total": 400.0,
+    }
+
+
+@pytest.mark.engine
+def test_long_document_sessions_report_first_turns_and_cached_follow_ups(server, tmp_path):
+    """Two users, three turns each, over their own 300-token documents: each follow-up sends
+    the conversation so far, so the server's prefix cache serves most of it."""
+    from loadtests.cli import run_session_load
+
+    options = Options(
+        base_url=server.base_url, model=MODEL_NAME, api_key=API_KEY, prompt_tokens=[],
+        output_tokens=6, sessions=2, turns=3, document_tokens=300, out=tmp_path,
+    )  # fmt: skip
+    summary = asyncio.run(run_session_load(options))
+    first, *follow_ups = summary["turns"]
+    assert [row["completed"] for row in summary["turns"]] == [2, 2, 2]
+    assert first["cache_share"] < 0.2  # unique documents: at most the chat template's start
+    for row in follow_ups:
+        assert row["cache_share"] > 0.5
+        assert row["prompt_tokens_mean"] > first["prompt_tokens_mean"]  # the history grows
+    assert 0 < summary["server_cache_share"] < 1
+    records = json.loads((tmp_path / "requests.json").read_text())
+    assert len(records) == 6 and {r["index"] for r in records} == {0, 1, 2}
+    assert all(r["cached_tokens"] is not None for r in records)
