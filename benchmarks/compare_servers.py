@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from checkpoints.tiny import build_tiny_checkpoint
-from harness.servers import free_port, serving
+from harness.client import comma_list
+from harness.servers import SERVER, free_port, serving
 from loadtests.cli import Options, run_loadtest
 
 ENV = {"VLLM_CPU_KVCACHE_SPACE": "2"}
@@ -37,7 +38,7 @@ class Variant:
 
 
 def presets(checkpoint: Path, plain: Path, output_tokens: int) -> dict[str, list[Variant]]:
-    ours = [sys.executable, "-m", "server", "--served-model-name", NAME, *ENGINE_FLAGS]
+    ours = [*SERVER, "--served-model-name", NAME, *ENGINE_FLAGS]
     vllm = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--served-model-name", NAME, *ENGINE_FLAGS,
@@ -86,8 +87,8 @@ def main() -> None:
         variants = presets(checkpoint, plain, args.output_tokens)[args.preset]
         options = Options(
             base_url="", model=NAME,
-            prompt_tokens=[int(p) for p in args.prompt_tokens.split(",")],
-            concurrency=[int(c) for c in args.concurrency.split(",")],
+            prompt_tokens=comma_list(args.prompt_tokens, int),
+            concurrency=comma_list(args.concurrency, int),
             output_tokens=args.output_tokens, num_requests=args.num_requests,
             warmup=4, out=None,
         )  # fmt: skip

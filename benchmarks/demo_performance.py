@@ -6,15 +6,14 @@ decode speed with 1 and 8 clients, and peak memory.
 
 import argparse
 import asyncio
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import httpx
 
-from harness.servers import free_port, serving
+from harness.client import Peak, comma_list
+from harness.servers import SERVER, free_port, serving
 from loadtests.cli import Options, run_loadtest
 
 MODEL, SERVED = "smollm2-135m-instruct", 32768
@@ -26,11 +25,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2)
     parser.add_argument("--kv-cache-gib", type=int, default=4)
     args = parser.parse_args()
-    lengths = [int(n) for n in args.lengths.split(",")]
+    lengths = comma_list(args.lengths, int)
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         command = [
-            sys.executable, "-m", "server", "--port", str(port), "--cache-dir", tmp,
+            *SERVER, "--port", str(port), "--cache-dir", tmp,
             "--cpu-kv-cache-space-gib", str(args.kv_cache_gib),
         ]  # fmt: skip
         # A first start converts the GGUF file; the second is what a user sees every time.
@@ -42,16 +41,6 @@ def main() -> None:
         started = time.monotonic()
         with serving(command, port, Path(tmp) / "server.log", timeout=900) as server:
             startup = time.monotonic() - started
-            peak = {"rss": 0}
-            done = threading.Event()
-
-            def watch() -> None:
-                while not done.is_set():
-                    peak["rss"] = max(peak["rss"], server.rss_bytes())
-                    time.sleep(0.2)
-
-            watcher = threading.Thread(target=watch)
-            watcher.start()
             idle = server.rss_bytes()
 
             def level(prompt: int, output: int, clients: int, requests: int) -> dict:
@@ -62,11 +51,10 @@ def main() -> None:
                 )  # fmt: skip
                 return asyncio.run(run_loadtest(options))["levels"][0]
 
-            ttft = [(n, level(n, 16, 1, args.requests)) for n in lengths]
-            decode = [(c, level(256, 128, c, 2 * c)) for c in (1, 8)]
-            done.set()
-            watcher.join()
-    memory = f"idle RSS {idle / 2**30:.2f} GiB, peak {peak['rss'] / 2**30:.2f} GiB"
+            with Peak(server.rss_bytes) as peak:
+                ttft = [(n, level(n, 16, 1, args.requests)) for n in lengths]
+                decode = [(c, level(256, 128, c, 2 * c)) for c in (1, 8)]
+    memory = f"idle RSS {idle / 2**30:.2f} GiB, peak {peak.peak / 2**30:.2f} GiB"
     print(f"\ndemo ({MODEL}, resonance_yarn x4 to {SERVED}): start-up {startup:.0f} s "
           f"(GGUF already converted); {memory} (server + engine, KV cache "
           f"{args.kv_cache_gib} GiB)")  # fmt: skip

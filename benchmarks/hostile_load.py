@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import socket
-import sys
 import tempfile
 import threading
 import time
@@ -24,7 +23,8 @@ import httpx
 import psutil
 
 from checkpoints.tiny import build_tiny_checkpoint
-from harness.servers import RunningServer, free_port, start_server, stop_server
+from harness.client import comma_list, metric
+from harness.servers import SERVER, RunningServer, free_port, start_server, stop_server
 
 KEY = "sekrit"
 HEADERS = {"Authorization": f"Bearer {KEY}"}
@@ -185,11 +185,7 @@ def probe_timeout(server: RunningServer) -> str:
 
 
 def _requests_total(server: RunningServer) -> float:
-    total = 0.0
-    for line in httpx.get(f"{server.base_url}/metrics").text.splitlines():
-        if line.startswith('resonance_requests_total{endpoint="/v1/completions"'):
-            total += float(line.split()[-1])
-    return total
+    return metric(server.base_url, "resonance_requests_total", 'endpoint="/v1/completions"')
 
 
 def probe_memory(server: RunningServer) -> str:
@@ -236,14 +232,14 @@ def main() -> None:
         checkpoint = build_tiny_checkpoint(Path(tmp) / "model", max_position_embeddings=256)
         port = free_port()
         command = [
-            sys.executable, "-m", "server", "--port", str(port), "--model", str(checkpoint),
+            *SERVER, "--port", str(port), "--model", str(checkpoint),
             "--served-model-name", "tiny", "--dtype", "float32", "--enforce-eager",
             "--rope-type", "resonance_yarn", "--rope-factor", "4", "--api-key", KEY,
             "--max-concurrent-requests", "8", "--request-timeout", str(TIMEOUT),
         ]  # fmt: skip
         server = start_server(command, port, Path(tmp) / "server.log", env=env)
         try:
-            for name in args.probes.split(","):
+            for name in comma_list(args.probes):
                 try:
                     print(f"{name}: {PROBES[name](server)}", flush=True)
                 except Exception as error:  # a probe that breaks the server is a finding too

@@ -15,14 +15,14 @@ take more on a faster host.
 import argparse
 import json
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from evals.cli import main as resonance_eval_main
 from evals.report import plot_runs
-from harness.servers import free_port, serving
+from harness.client import comma_list
+from harness.servers import SERVER, free_port, serving
 
 TRAINED = 8192
 DEFAULT_CONFIGS = ",".join(
@@ -93,7 +93,7 @@ def run_config(rope: str, cache_dir: Path, out: Path, args: argparse.Namespace) 
     label = rope_type if rope_type == "none" else f"{rope_type} x{factor:g}"
     port = free_port()
     command = [
-        sys.executable, "-m", "server", "--port", str(port), "--cache-dir", str(cache_dir),
+        *SERVER, "--port", str(port), "--cache-dir", str(cache_dir),
         "--rope-type", rope_type, "--enforce-eager", "--cpu-kv-cache-space-gib", "4",
         "--max-num-seqs", "2", "--request-timeout", "3600",
     ]  # fmt: skip
@@ -130,11 +130,11 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("results/long-context-quality"))
     args = parser.parse_args()
-    args.passkey_lengths = [int(n) for n in args.passkey_lengths.split(",")]
+    args.passkey_lengths = comma_list(args.passkey_lengths, int)
     args.out.mkdir(parents=True, exist_ok=True)
     runs = []
     with tempfile.TemporaryDirectory() as cache:
-        for rope in args.configs.split(","):
+        for rope in comma_list(args.configs):
             runs.append(run_config(rope, Path(cache), args.out, args))
             (args.out / "runs.json").write_text(json.dumps(runs, indent=2))
             print(json.dumps(runs[-1]), flush=True)

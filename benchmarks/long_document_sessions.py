@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness.servers import free_port, serving
+from harness.servers import SERVER, free_port, serving
 from loadtests.cli import Options, run_session_load
 from loadtests.sessions import print_sessions
 
@@ -35,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache"
-        ours = [sys.executable, "-m", "server", "--cache-dir", str(cache), *ENGINE,
+        ours = [*SERVER, "--cache-dir", str(cache), *ENGINE,
                 "--cpu-kv-cache-space-gib", "2"]  # fmt: skip
         port = free_port()
         with serving([*ours, "--port", str(port)], port, Path(tmp) / "convert.log", timeout=900):

@@ -8,27 +8,16 @@ Resonance-YaRN x8 to 32K; one request at a time, prompts from 1K to the full con
 
 import argparse
 import asyncio
-import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
-import httpx
-
 from checkpoints.tiny import build_tiny_checkpoint
-from harness.servers import free_port, serving
+from harness.client import Peak, comma_list, metric
+from harness.servers import SERVER, free_port, serving
 from loadtests.cli import Options, run_loadtest
 
 ORIGINAL, FACTOR, OUTPUT = 4096, 8, 16
 KV_CACHE_GIB = 4
-
-
-def kv_usage(base_url: str) -> float:
-    for line in httpx.get(f"{base_url}/metrics").text.splitlines():
-        if line.startswith("resonance_kv_cache_usage_ratio "):
-            return float(line.split()[-1])
-    return 0.0
 
 
 def main() -> None:
@@ -38,13 +27,13 @@ def main() -> None:
     parser.add_argument("--lengths", default=default)
     parser.add_argument("--requests", type=int, default=3)
     args = parser.parse_args()
-    lengths = [int(n) for n in args.lengths.split(",")]
+    lengths = comma_list(args.lengths, int)
 
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = build_tiny_checkpoint(Path(tmp) / "model", max_position_embeddings=ORIGINAL)
         port = free_port()
         command = [
-            sys.executable, "-m", "server", "--port", str(port), "--model", str(checkpoint),
+            *SERVER, "--port", str(port), "--model", str(checkpoint),
             "--served-model-name", "bench", "--dtype", "float32", "--enforce-eager",
             "--rope-type", "resonance_yarn", "--rope-factor", str(FACTOR),
             "--cpu-kv-cache-space-gib", str(KV_CACHE_GIB), "--max-num-seqs", "1",
@@ -53,26 +42,15 @@ def main() -> None:
         with serving(command, port, Path(tmp) / "server.log") as server:
             idle_rss = server.rss_bytes()
             for length in lengths:
-                peak = {"rss": 0, "kv": 0.0}
-                done = threading.Event()
-
-                def watch(peak=peak, done=done) -> None:
-                    while not done.is_set():
-                        peak["rss"] = max(peak["rss"], server.rss_bytes())
-                        peak["kv"] = max(peak["kv"], kv_usage(server.base_url))
-                        time.sleep(0.1)
-
-                watcher = threading.Thread(target=watch)
-                watcher.start()
                 options = Options(
                     base_url=server.base_url, model="bench", prompt_tokens=[length],
                     output_tokens=OUTPUT, concurrency=[1], num_requests=args.requests,
                     warmup=1 if length == lengths[0] else 0, out=None,
                 )  # fmt: skip
-                (level,) = asyncio.run(run_loadtest(options))["levels"]
-                done.set()
-                watcher.join()
-                rows.append((length, level, peak))
+                kv = lambda: metric(server.base_url, "resonance_kv_cache_usage_ratio")  # noqa: E731
+                with Peak(server.rss_bytes, 0.1) as rss, Peak(kv, 0.1) as kv_use:
+                    (level,) = asyncio.run(run_loadtest(options))["levels"]
+                rows.append((length, level, {"rss": rss.peak, "kv": kv_use.peak}))
     print(f"\nprompt scaling: resonance_yarn x{FACTOR} from {ORIGINAL} to {served} tokens, "
           f"one request at a time, median of {args.requests}; server idle RSS "
           f"{idle_rss / 2**30:.2f} GiB (KV cache {KV_CACHE_GIB} GiB preallocated)")  # fmt: skip

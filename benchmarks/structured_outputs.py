@@ -12,14 +12,13 @@ the same schema sent again (both compiled and cached by then).
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-from harness.servers import free_port, serving
+from harness.servers import SERVER, free_port, serving
 
 MODEL = "smollm2-135m-instruct"
 QUESTION = "Describe the city of Paris: its name, country, population and three landmarks."
@@ -73,7 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
-        command = [sys.executable, "-m", "server", "--port", str(port), "--cache-dir", tmp,
+        command = [*SERVER, "--port", str(port), "--cache-dir", tmp,
                    "--cpu-kv-cache-space-gib", "2", "--max-num-seqs", "4"]  # fmt: skip
         with serving(command, port, Path(tmp) / "server.log", timeout=900) as server:
             url = server.base_url

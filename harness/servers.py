@@ -5,6 +5,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -12,6 +13,9 @@ from pathlib import Path
 
 import httpx
 import psutil
+
+# resonance-serve, in this interpreter (its console script is the same entry point)
+SERVER = (sys.executable, "-m", "server")
 
 
 def free_port() -> int:

@@ -1,13 +1,12 @@
 """Session-wide fixtures: tiny local checkpoints and one offline vLLM engine."""
 
 import os
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from harness.servers import RunningServer, free_port, stop_server
+from harness.servers import SERVER, RunningServer, free_port, stop_server
 from harness.servers import start_server as start_process
 
 # Before vLLM is imported anywhere: a small KV cache, and functions sent to the worker by
@@ -70,7 +69,7 @@ def start_server(
 ) -> RunningServer:
     """``python -m server`` with these arguments on a free port, once healthy."""
     port = free_port()
-    command = [sys.executable, "-m", "server", "--port", str(port), *args]
+    command = [*SERVER, "--port", str(port), *args]
     return start_process(command, port, log, env=env, timeout=timeout)
 
 

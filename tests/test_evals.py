@@ -10,6 +10,7 @@ import pytest
 
 from evals import passkey
 from evals.cli import main
+from harness.client import metric_samples
 from harness.servers import free_port, serving
 from tests.conftest import API_KEY, MODEL_NAME, ORIGINAL_CONTEXT
 
@@ -18,10 +19,8 @@ LENGTHS = [256, 512, 1000]
 
 
 def prompt_token_sum(http: httpx.Client) -> float:
-    for line in http.get("/metrics").text.splitlines():
-        if line.startswith("resonance_request_prompt_tokens_sum "):
-            return float(line.split()[-1])
-    raise AssertionError("no resonance_request_prompt_tokens_sum")
+    (value,) = metric_samples(http.get("/metrics").text, "resonance_request_prompt_tokens_sum")
+    return value
 
 
 def run_eval(*args: str) -> int:

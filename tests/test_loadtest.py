@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from harness.client import metric_samples
 from loadtests.cli import Options, run_loadtest
 from loadtests.client import RequestRecord
 from loadtests.prompts import PromptBuilder
@@ -50,12 +51,10 @@ def test_prompts_have_exact_lengths_and_unique_starts(resonance_checkpoint):
 
 
 def prompt_token_histogram(http) -> tuple[float, float]:
-    values = {}
-    for line in http.get("/metrics").text.splitlines():
-        for suffix in ("_sum", "_count"):
-            if line.startswith(f"resonance_request_prompt_tokens{suffix} "):
-                values[suffix] = float(line.split()[-1])
-    return values["_sum"], values["_count"]
+    text = http.get("/metrics").text
+    (total,) = metric_samples(text, "resonance_request_prompt_tokens_sum")
+    (count,) = metric_samples(text, "resonance_request_prompt_tokens_count")
+    return total, count
 
 
 @pytest.mark.engine

@@ -4,11 +4,11 @@ No engine runs here: each case is checked before vLLM would start.
 """
 
 import subprocess
-import sys
 
 import pytest
 from transformers import AutoConfig, LlamaConfig
 
+from harness.servers import SERVER
 from rope_plugins.catalog import SERVABLE_TYPES
 from server.model_source import DEMO_FILE, DEMO_NAME, ModelSource, demo_gguf, resolve_model
 from server.plan import Platform, build_plan, kv_bytes_per_token
@@ -166,7 +166,7 @@ def test_engine_args_from_flags_environment_and_yaml(tmp_path, monkeypatch):
 )
 def test_a_bad_engine_argument_stops_start_up_in_one_line(plain_checkpoint, flags, line):
     result = subprocess.run(
-        [sys.executable, "-m", "server", "--model", str(plain_checkpoint), "--port", "0", *flags],
+        [*SERVER, "--model", str(plain_checkpoint), "--port", "0", *flags],
         capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert result.returncode == 1

@@ -6,6 +6,7 @@ import httpx
 import openai
 import pytest
 
+from harness.client import sse_data
 from tests.conftest import MODEL_NAME, ORIGINAL_CONTEXT, SERVED_CONTEXT
 
 pytestmark = pytest.mark.engine
@@ -26,7 +27,7 @@ def offline_greedy(offline_llm, prompt, max_tokens: int) -> str:
 
 
 def sse_events(response: httpx.Response) -> list[str]:
-    return [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+    return sse_data(response.iter_lines())
 
 
 def test_models_lists_the_served_model_with_its_rope(client):

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import rope_plugins
+from harness.client import metric, sse_data
 from tests import reference as ref
 from tests.conftest import FACTOR, ORIGINAL_CONTEXT, SERVED_CONTEXT, start_server, stop_server
 
@@ -52,20 +53,12 @@ def fragile_server(plain_checkpoint, tmp_path_factory):
     stop_server(running)
 
 
-def metric(base_url: str, name: str) -> float:
-    total = 0.0
-    for line in httpx.get(f"{base_url}/metrics").text.splitlines():
-        if line.startswith(name):
-            total += float(line.split()[-1])
-    return total
-
-
 def test_request_past_its_deadline_is_aborted_with_a_status_clients_do_not_retry(
     fragile_server,
 ):
     url = fragile_server.base_url
-    timeouts = 'resonance_requests_total{endpoint="/v1/completions",status="504"}'
-    before = metric(url, timeouts)
+    timeouts = ("resonance_requests_total", 'endpoint="/v1/completions",status="504"')
+    before = metric(url, *timeouts)
     start = time.monotonic()
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=2)
     with pytest.raises(openai.APIStatusError) as failure:
@@ -80,10 +73,10 @@ def test_request_past_its_deadline_is_aborted_with_a_status_clients_do_not_retry
     assert failure.value.status_code == 504
     assert failure.value.response.headers["x-should-retry"] == "false"
     assert failure.value.body["code"] == "request_timeout"
-    assert metric(url, timeouts) == before + 1  # sent once: the client did not retry
+    assert metric(url, *timeouts) == before + 1  # sent once: the client did not retry
     body = {"model": "fragile", **SLOW, "stream": True}
     with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=30) as stream:
-        events = [line[6:] for line in stream.iter_lines() if line.startswith("data: ")]
+        events = sse_data(stream.iter_lines())
     assert json.loads(events[-1])["error"]["code"] == "request_timeout"
     time.sleep(1)
     assert metric(url, "resonance_num_requests_running") == 0

@@ -11,6 +11,7 @@ import httpx
 import psutil
 import pytest
 
+from harness.client import metric_samples
 from tests.conftest import (
     API_KEY,
     MAX_CONCURRENT,
@@ -38,10 +39,9 @@ PROTECTED = [
 
 
 def metric(http: httpx.Client, name: str) -> float:
-    for line in http.get("/metrics").text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.split()[-1])
-    raise AssertionError(f"{name} not exported")
+    (value, *_) = metric_samples(http.get("/metrics").text, name) or [None]
+    assert value is not None, f"{name} not exported"
+    return value
 
 
 def wait_for(condition, seconds: float) -> bool:

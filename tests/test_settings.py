@@ -1,10 +1,10 @@
 """Settings from flags, environment and YAML, and the one-line errors of a bad start-up."""
 
 import subprocess
-import sys
 
 import pytest
 
+from harness.servers import SERVER
 from server.plan import rope_override
 from server.settings import Settings, load_settings
 
@@ -94,7 +94,7 @@ def test_max_model_len_beyond_factor_times_original_is_refused():
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "server", *args], capture_output=True, text=True, timeout=120
+        [*SERVER, *args], capture_output=True, text=True, timeout=120
     )
 
 

@@ -10,14 +10,14 @@ it stopped.
 import argparse
 import concurrent.futures
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks.posgen import model as posgen_model
 from benchmarks.posgen import report, scoring, tasks, training
-from harness.servers import free_port, serving
+from harness.client import comma_list
+from harness.servers import SERVER, free_port, serving
 
 TRAIN_LENGTH = 64
 FACTOR = 4
@@ -36,7 +36,7 @@ HELD_OUT = {"validation": 1000, "test": 1000}
 
 def serve_command(checkpoint: Path, rope_type: str, port: int) -> list[str]:
     command = [
-        sys.executable, "-m", "server", "--model", str(checkpoint), "--port", str(port),
+        *SERVER, "--model", str(checkpoint), "--port", str(port),
         "--served-model-name", "posgen", "--rope-type", rope_type, "--dtype", "float32",
         "--enforce-eager", "--cpu-kv-cache-space-gib", "1",
         "--max-queued-tokens", str(scoring.PROMPTS_PER_REQUEST * TEST_LENGTH * 4),
@@ -101,7 +101,7 @@ def _train_and_submit(
     args: argparse.Namespace, sizes: dict, scorer: concurrent.futures.Executor, rows: list
 ) -> None:
     """Train each checkpoint in turn, handing its rows to ``scorer`` as soon as it is saved."""
-    for task in args.tasks.split(","):
+    for task in comma_list(args.tasks):
         for seed in range(args.seeds):
             seeds = tasks.split_seeds(sizes, shuffle_seed=seed)
             data = {
