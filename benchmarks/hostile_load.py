@@ -93,14 +93,11 @@ def raw_stream(port: int, body: dict) -> socket.socket:
     return sock
 
 
-def port_of(server: RunningServer) -> int:
-    return int(server.base_url.rsplit(":", 1)[1])
-
 
 def probe_unread_streams(server: RunningServer) -> str:
     body = {"prompt": [3 + i % 1000 for i in range(200)], "n": 16, "echo": True, "logprobs": 20,
             "max_tokens": 200, "stream": True}  # fmt: skip
-    sockets = [raw_stream(port_of(server), body) for _ in range(8)]
+    sockets = [raw_stream(server.port, body) for _ in range(8)]
     time.sleep(TIMEOUT + 10)
     status = post(server, {"prompt": "hi", "max_tokens": 2}, timeout=30).status_code
     for sock in sockets:
@@ -136,8 +133,8 @@ def probe_health_under_streams(server: RunningServer) -> str:
 
 
 def probe_silent_connections(server: RunningServer) -> str:
-    silent = [socket.create_connection(("127.0.0.1", port_of(server))) for _ in range(200)]
-    slow = socket.create_connection(("127.0.0.1", port_of(server)))
+    silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(200)]
+    slow = socket.create_connection(("127.0.0.1", server.port))
     slow_closed = "still open after 30 s"
     trickle = b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: y\r\n" * 10
     for second in range(30):

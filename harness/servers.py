@@ -30,6 +30,10 @@ class RunningServer:
     process: subprocess.Popen
     log: Path
 
+    @property
+    def port(self) -> int:
+        return int(self.base_url.rsplit(":", 1)[1])
+
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 

@@ -113,9 +113,6 @@ def closed_by_server(sock: socket.socket, within: float) -> bool:
     return False
 
 
-def port_of(server) -> int:
-    return int(server.base_url.rsplit(":", 1)[1])
-
 
 def test_streams_nobody_reads_end_at_the_deadline_and_free_their_places(fragile_server):
     """Megabytes of echoed log-probabilities fill the socket buffers at once; the clients
@@ -129,7 +126,7 @@ def test_streams_nobody_reads_end_at_the_deadline_and_free_their_places(fragile_
         "max_tokens": 40,
         "stream": True,
     }
-    silent = [raw_request(port_of(fragile_server), body) for _ in range(MAX_CONCURRENT)]
+    silent = [raw_request(fragile_server.port, body) for _ in range(MAX_CONCURRENT)]
     time.sleep(0.5)
     busy = httpx.post(f"{fragile_server.base_url}/v1/completions", json={"model": "fragile",
                                                                        "prompt": "x"})  # fmt: skip
@@ -145,7 +142,7 @@ def test_streams_nobody_reads_end_at_the_deadline_and_free_their_places(fragile_
 
 
 def test_connections_that_never_finish_a_request_are_closed(fragile_server):
-    port = port_of(fragile_server)
+    port = fragile_server.port
     silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(MAX_CONNECTIONS + 10)]
     slow_header = socket.create_connection(("127.0.0.1", port))
     slow_body = socket.create_connection(("127.0.0.1", port))
