@@ -93,7 +93,6 @@ def raw_stream(port: int, body: dict) -> socket.socket:
     return sock
 
 
-
 def probe_unread_streams(server: RunningServer) -> str:
     body = {"prompt": [3 + i % 1000 for i in range(200)], "n": 16, "echo": True, "logprobs": 20,
             "max_tokens": 200, "stream": True}  # fmt: skip

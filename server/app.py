@@ -33,9 +33,7 @@ def create_app(
     )
     metrics.watch_admission(admission)
     template = settings.chat_template.read_text() if settings.chat_template else None
-    prompts = PromptTokenizer(
-        engine.tokenizer, info.max_model_len, TOKENIZER_CONCURRENCY, template
-    )
+    prompts = PromptTokenizer(engine.tokenizer, info.max_model_len, TOKENIZER_CONCURRENCY, template)
     limits = Limits(
         max_model_len=info.max_model_len,
         vocab_size=prompts.vocab_size,

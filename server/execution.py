@@ -309,6 +309,7 @@ class DeadlineStreamingResponse(StreamingResponse):
         if self.deadline is None:
             await super().__call__(scope, receive, send)
             return
+
         async def bounded_send(message: Message) -> None:
             # A reading client still gets the error event sent at the deadline.
             async with asyncio.timeout_at(self.deadline + SEND_GRACE_SECONDS):

@@ -87,8 +87,7 @@ class Adapters:
         if rank > self.max_rank:
             raise APIError(
                 400,
-                f"the adapter's rank {rank} is above this server's --max-lora-rank "
-                f"{self.max_rank}",
+                f"the adapter's rank {rank} is above this server's --max-lora-rank {self.max_rank}",
                 param="lora_path",
             )
         return rank

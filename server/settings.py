@@ -163,8 +163,10 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Seconds a request has to send its whole body"
     )
     structured_output_timeout: float = Field(
-        5.0, gt=0, description="Seconds a response_format, grammar or tool schema may take to "
-        "compile before the request is refused"
+        5.0,
+        gt=0,
+        description="Seconds a response_format, grammar or tool schema may take to "
+        "compile before the request is refused",
     )
     max_connections: int = Field(
         1024, ge=1, description="Open connections; more are closed at once"

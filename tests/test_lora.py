@@ -95,9 +95,7 @@ def transformers_logprobs(checkpoint, adapter, ids: list[int]) -> torch.Tensor:
     return torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
 
 
-def test_the_adapter_is_served_as_transformers_and_peft_compute_it(
-    http, plain_checkpoint, adapter
-):
+def test_the_adapter_is_served_as_transformers_and_peft_compute_it(http, plain_checkpoint, adapter):
     """A 700-token prompt (past the 256 trained positions), float32 on both sides.
 
     They differ in kernels (vLLM's paged CPU attention, its LoRA path) and summation order:

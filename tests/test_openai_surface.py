@@ -189,8 +189,10 @@ def test_a_streamed_tool_call_assembles_to_the_whole_one(client):
     assert streamed.function.arguments == whole.function.arguments
 
 
-HERMES_CALL = r'<tool_call>\{"name": "GetWeather", "arguments": \{"city": "[a-z]{2,8}", ' \
+HERMES_CALL = (
+    r'<tool_call>\{"name": "GetWeather", "arguments": \{"city": "[a-z]{2,8}", '
     r'"unit": "celsius"\}\}</tool_call>'
+)
 
 
 @pytest.mark.parametrize("stream", [False, True])

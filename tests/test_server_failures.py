@@ -113,7 +113,6 @@ def closed_by_server(sock: socket.socket, within: float) -> bool:
     return False
 
 
-
 def test_streams_nobody_reads_end_at_the_deadline_and_free_their_places(fragile_server):
     """Megabytes of echoed log-probabilities fill the socket buffers at once; the clients
     never read. Past the deadline (1 s, plus 5 s for a last event) the server gives up."""

@@ -93,9 +93,7 @@ def test_max_model_len_beyond_factor_times_original_is_refused():
 
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*SERVER, *args], capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([*SERVER, *args], capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.parametrize(

@@ -29,9 +29,7 @@ class Chat:
 
     async def prepare(self, request: ChatCompletionRequest) -> Job:
         messages = [template_message(m) for m in request.messages]
-        self.tools = ToolCalls(
-            request, messages, self.s.tool_parser, self.s.prompts.tokenizer
-        )
+        self.tools = ToolCalls(request, messages, self.s.tool_parser, self.s.prompts.tokenizer)
         prompt = await self.s.prompts.chat_prompt(
             messages,
             tools=template_tools(request),

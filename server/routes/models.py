@@ -22,7 +22,5 @@ async def models(s: Shared) -> JSONResponse:
     }
     # The root is the model's name: where it lives on disk is not the client's business.
     cards = [{"id": info.name, **card, "root": info.name, "parent": None}]
-    cards += [
-        {"id": a.name, **card, "root": a.name, "parent": info.name} for a in s.adapters.all()
-    ]
+    cards += [{"id": a.name, **card, "root": a.name, "parent": info.name} for a in s.adapters.all()]
     return JSONResponse({"object": "list", "data": cards})
