@@ -115,9 +115,10 @@ class DrainingServer(uvicorn.Server):
 async def serve(settings: Settings) -> int:
     from server.app import create_app
     from server.connections import guarded_protocol
-    from server.engine import Engine, make_plan
+    from server.engine import Engine
     from server.metrics import Metrics
     from server.middleware import ServerState, key_digest
+    from server.plan import make_plan
 
     state = ServerState(api_keys=[key_digest(key) for key in settings.accepted_api_keys()])
     plan = make_plan(settings)  # every check that needs no engine, before it starts

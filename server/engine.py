@@ -7,46 +7,12 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-import psutil
-
 from server import engine_signals
 from server.constraints import ConstraintCompiler
 from server.metrics import Metrics
-from server.model_source import resolve_model
-from server.plan import EnginePlan, Platform, build_plan, describe
-from server.settings import Settings
+from server.plan import EnginePlan, describe
 
 logger = logging.getLogger(__name__)
-
-
-def checkpoint_config(model: str) -> Any:
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(model)
-
-
-def make_plan(settings: Settings) -> EnginePlan:
-    """Resolve (and if needed convert) the model, read its config, plan the engine."""
-    from vllm.platforms import current_platform
-
-    import rope_plugins
-
-    rope_plugins.register()
-    source = resolve_model(settings)
-    platform = Platform(
-        cpu=current_platform.is_cpu(),
-        memory_bytes=psutil.virtual_memory().total,
-        environ=dict(os.environ),
-        fp8_kv_cache=cpu_has_fp8_kv_cache(),
-    )
-    return build_plan(settings, source, checkpoint_config(source.path), platform)
-
-
-def cpu_has_fp8_kv_cache() -> bool:
-    """What vLLM's CPU attention asks of the processor for an fp8 KV cache."""
-    import torch
-
-    return torch.cpu._is_avx512_supported() or torch.cpu._is_amx_tile_supported()
 
 
 class Engine:

@@ -4,17 +4,19 @@ One pure step, testable without an engine: the RoPE override, vLLM's engine argu
 server's own and the user's pass-through ones, checked against vLLM's ``AsyncEngineArgs``),
 the environment, the served context, the CPU build's KV-cache size, the LoRA adapters and
 every limit that can be checked before the engine starts. `server.engine` only executes it.
+`make_plan`, at the end, is its one impure door: it resolves the model and reads the machine.
 """
 
 import dataclasses
 import json
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from rope_plugins import catalog, validate_rope_parameters
-from server.model_source import ModelSource
+from server.model_source import ModelSource, resolve_model
 from server.settings import ENGINE_FIELDS, Settings
 
 # The CPU build's KV cache, when not set: room for this many sequences at the served length
@@ -270,3 +272,35 @@ def cpu_kv_cache_gib(settings: Settings, platform: Platform, per_token: int, ser
 def describe(plan: EnginePlan) -> str:
     """The engine arguments, one line, for the start-up log."""
     return json.dumps({k: v for k, v in plan.engine_args.items() if k != "model"}, default=str)
+
+
+# ---------------------------------------- what start-up reads of the machine and the model, once
+def checkpoint_config(model: str) -> Any:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model)
+
+
+def make_plan(settings: Settings) -> EnginePlan:
+    """Resolve (and if needed convert) the model, read its config, plan the engine."""
+    import psutil
+    from vllm.platforms import current_platform
+
+    import rope_plugins
+
+    rope_plugins.register()
+    source = resolve_model(settings)
+    platform = Platform(
+        cpu=current_platform.is_cpu(),
+        memory_bytes=psutil.virtual_memory().total,
+        environ=dict(os.environ),
+        fp8_kv_cache=cpu_has_fp8_kv_cache(),
+    )
+    return build_plan(settings, source, checkpoint_config(source.path), platform)
+
+
+def cpu_has_fp8_kv_cache() -> bool:
+    """What vLLM's CPU attention asks of the processor for an fp8 KV cache."""
+    import torch
+
+    return torch.cpu._is_avx512_supported() or torch.cpu._is_amx_tile_supported()

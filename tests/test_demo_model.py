@@ -11,8 +11,8 @@ import torch
 from pydantic import BaseModel, Field
 
 import rope_plugins
-from server.engine import cpu_has_fp8_kv_cache
 from server.model_source import DEMO_NAME
+from server.plan import cpu_has_fp8_kv_cache
 from tests.conftest import start_server, stop_server
 
 pytestmark = pytest.mark.engine

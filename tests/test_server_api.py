@@ -300,3 +300,21 @@ def test_streamed_logprob_offsets_continue_across_chunks(http):
     assert text == whole["text"]
     assert offsets == whole["logprobs"]["text_offset"]
     assert offsets == sorted(offsets) and offsets[-1] > len(PROMPT)
+
+
+def test_every_route_is_counted_under_its_own_label(server, http):
+    """The labels come from the app's routes: each path of the OpenAPI schema, called once,
+    shows up in resonance_requests_total as itself, and an unknown path as 'other'."""
+    paths = http.get("/openapi.json").json()["paths"]
+    for path, operations in paths.items():
+        method = "post" if "post" in operations else "get"
+        http.request(method.upper(), path, json={} if method == "post" else None)
+    http.get("/no/such/route")
+    text = http.get("/metrics").text
+    counted = {
+        line.split('endpoint="', 1)[1].split('"', 1)[0]
+        for line in text.splitlines()
+        if line.startswith("resonance_requests_total{")
+    }
+    assert set(paths) <= counted
+    assert "other" in counted
