@@ -23,7 +23,7 @@ from pathlib import Path
 from checkpoints.tiny import build_tiny_checkpoint
 from harness.client import comma_list
 from harness.servers import SERVER, free_port, serving
-from loadtests.cli import Options, run_loadtest
+from loadtests.api import Options, run_loadtest
 
 ENV = {"VLLM_CPU_KVCACHE_SPACE": "2"}
 ENGINE_FLAGS = ["--dtype", "float32", "--enforce-eager"]

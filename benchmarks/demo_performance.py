@@ -14,7 +14,7 @@ import httpx
 
 from harness.client import Peak, comma_list
 from harness.servers import SERVER, free_port, serving
-from loadtests.cli import Options, run_loadtest
+from loadtests.api import Options, run_loadtest
 
 MODEL, SERVED = "smollm2-135m-instruct", 32768
 

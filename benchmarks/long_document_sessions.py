@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from harness.servers import SERVER, free_port, serving
-from loadtests.cli import Options, run_session_load
+from loadtests.api import Options, run_session_load
 from loadtests.sessions import print_sessions
 
 MODEL = "smollm2-135m-instruct"

@@ -14,7 +14,7 @@ from pathlib import Path
 from checkpoints.tiny import build_tiny_checkpoint
 from harness.client import Peak, comma_list, metric
 from harness.servers import SERVER, free_port, serving
-from loadtests.cli import Options, run_loadtest
+from loadtests.api import Options, run_loadtest
 
 ORIGINAL, FACTOR, OUTPUT = 4096, 8, 16
 KV_CACHE_GIB = 4

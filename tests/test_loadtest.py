@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from harness.client import metric_samples
-from loadtests.cli import Options, run_loadtest
+from loadtests.api import Options, run_loadtest
 from loadtests.client import RequestRecord
 from loadtests.prompts import PromptBuilder
 from loadtests.stats import distribution, summarize
@@ -170,7 +170,7 @@ def test_cache_counters_are_read_from_prometheus_text():
 def test_long_document_sessions_report_first_turns_and_cached_follow_ups(server, tmp_path):
     """Two users, three turns each, over their own 300-token documents: each follow-up sends
     the conversation so far, so the server's prefix cache serves most of it."""
-    from loadtests.cli import run_session_load
+    from loadtests.api import run_session_load
 
     options = Options(
         base_url=server.base_url, model=MODEL_NAME, api_key=API_KEY, prompt_tokens=[],
