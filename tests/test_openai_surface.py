@@ -155,6 +155,22 @@ def test_a_named_tool_choice_gives_a_call_whose_arguments_fit_the_schema(client)
     jsonschema.validate(json.loads(call.function.arguments, strict=False), WEATHER_SCHEMA)
 
 
+def test_langchain_bind_tools_with_a_forced_tool(server):
+    from langchain_openai import ChatOpenAI
+
+    from tests.conftest import API_KEY
+
+    llm = ChatOpenAI(
+        base_url=f"{server.base_url}/v1", api_key=API_KEY, model=MODEL_NAME,
+        temperature=0, max_tokens=200, max_retries=0,
+    )  # fmt: skip
+    message = llm.bind_tools([GetWeather], tool_choice="GetWeather").invoke("Weather in Paris?")
+    (call,) = message.tool_calls
+    assert call["name"] == "GetWeather" and call["id"]
+    GetWeather.model_validate(call["args"])
+    assert message.response_metadata["finish_reason"] == "tool_calls"
+
+
 def test_required_tool_choice_calls_one_of_the_tools(http):
     other = {"type": "function", "function": {"name": "noop", "parameters": {
         "type": "object", "properties": {}, "additionalProperties": False}}}  # fmt: skip
