@@ -207,3 +207,14 @@ def test_dashboard_and_alerts_use_only_metrics_the_server_exports(http):
     assert len(used) >= 9
     missing = {name for name in used if name not in exported and f"{name}_total" not in exported}
     assert missing == set()
+
+
+def test_engine_args_in_values_reach_the_server_as_vllm_arguments():
+    server = container(render(values_of(DEPLOY / "helm" / "examples" / "everything-on.yaml")))
+    settings = load_settings(server["args"])
+    assert settings.kv_cache_dtype == "fp8"
+    assert settings.engine_args == {
+        "max_num_batched_tokens": 4096,
+        "speculative_config": {
+            "method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4},
+    }  # fmt: skip
