@@ -94,9 +94,6 @@ class Settings(BaseSettings):
     long_prefill_token_threshold: int | None = Field(
         None, ge=0, description="A prefill longer than this counts as long (chunked prefill)"
     )
-    max_num_partial_prefills: int | None = Field(
-        None, ge=1, description="Prefills that may run at once, long ones among them"
-    )
     engine_args: dict[str, Any] = Field(
         default_factory=dict,
         description="Any other vLLM engine argument: repeat --engine-arg KEY=VALUE (VALUE read "
@@ -305,7 +302,6 @@ ENGINE_FIELDS = (
     "quantization",
     "max_num_batched_tokens",
     "long_prefill_token_threshold",
-    "max_num_partial_prefills",
     "max_lora_rank",
     "max_loras",
 )

@@ -3,6 +3,7 @@
 No engine runs here: each case is checked before vLLM would start.
 """
 
+import dataclasses
 import subprocess
 
 import pytest
@@ -107,13 +108,13 @@ def test_what_cannot_be_served_is_refused_before_the_engine_starts(settings, mes
 def test_engine_args_pass_through_and_levers_reach_the_engine_arguments():
     settings = Settings(
         model="org/tiny", kv_cache_dtype="fp8", max_num_batched_tokens=512,
-        long_prefill_token_threshold=128, max_num_partial_prefills=2,
+        long_prefill_token_threshold=128,
         engine_args={"block_size": 32, "speculative_config": {"method": "ngram"}},
         lora_modules=["a=/adapters/a"],
     )  # fmt: skip
     args = build_plan(settings, folder(), tiny_config(), MACHINE).engine_args
     assert args["kv_cache_dtype"] == "fp8" and args["max_num_batched_tokens"] == 512
-    assert args["long_prefill_token_threshold"] == 128 and args["max_num_partial_prefills"] == 2
+    assert args["long_prefill_token_threshold"] == 128
     assert args["block_size"] == 32 and args["speculative_config"] == {"method": "ngram"}
     assert args["enable_lora"] is True
 
@@ -173,3 +174,17 @@ def test_a_bad_engine_argument_stops_start_up_in_one_line(plain_checkpoint, flag
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("resonance-serve: error: ") and line in last
     assert "Traceback" not in result.stderr
+
+
+def test_every_engine_setting_is_an_argument_of_vllms_engine(plain_checkpoint):
+    """Each setting handed to AsyncEngineArgs by name must be one of its fields (vLLM renames)."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    from server.settings import ENGINE_FIELDS
+
+    fields = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
+    assert set(ENGINE_FIELDS) <= fields, set(ENGINE_FIELDS) - fields
+    source = ModelSource(str(plain_checkpoint), None, "a folder", "float32")
+    settings = Settings(model=str(plain_checkpoint), max_num_batched_tokens=512)
+    plan = build_plan(settings, source, tiny_config(), MACHINE)
+    AsyncEngineArgs(**plan.engine_args)  # every key the plan writes is accepted
