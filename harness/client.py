@@ -14,7 +14,10 @@ _SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})? (\S+)")
 
 def metric_samples(text: str, name: str, labels: str = "") -> list[float]:
     """Values of the samples of ``name`` in Prometheus text whose labels contain ``labels``
-    (e.g. ``endpoint="/v1/completions"``)."""
+    (e.g. ``endpoint="/v1/completions"``); ``name`` may carry them itself (``m{a="b"}``)."""
+    if "{" in name:
+        name, _, inline = name.partition("{")
+        labels = inline.rstrip("}") + labels
     values = []
     for line in text.splitlines():
         match = _SAMPLE.match(line)

@@ -123,7 +123,7 @@ def test_api_keys_are_compared_as_fixed_length_digests(monkeypatch):
 
     monkeypatch.setattr(hmac, "compare_digest", recording)
     state = ServerState(api_keys=[key_digest("right-key"), key_digest("another")])
-    gate = Gatekeeper(None, state, None, 1024, False)
+    gate = Gatekeeper(None, state, None, frozenset(), 1024, False)
     assert gate._authorized(b"Bearer right-key")
     assert not gate._authorized(b"Bearer " + b"x" * 5000)
     assert not gate._authorized(b"Bearer r")
