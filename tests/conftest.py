@@ -1,6 +1,8 @@
 """Session-wide fixtures: tiny local checkpoints and one offline vLLM engine."""
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -73,10 +75,20 @@ def start_server(
     return start_process(command, port, log, env=env, timeout=timeout)
 
 
+@contextlib.contextmanager
+def served(args: list[str], log: Path, **kwargs) -> Iterator[RunningServer]:
+    """A server for the length of the block (a fixture's), stopped as an orchestrator would."""
+    running = start_server(args, log, **kwargs)
+    try:
+        yield running
+    finally:
+        stop_server(running)
+
+
 @pytest.fixture(scope="session")
 def server(plain_checkpoint, tmp_path_factory):
     """The real server on the plain checkpoint, extended by flags to resonance_yarn x4."""
-    running = start_server(
+    with served(
         [
             "--model", str(plain_checkpoint),
             "--served-model-name", MODEL_NAME,
@@ -94,9 +106,8 @@ def server(plain_checkpoint, tmp_path_factory):
             "--tool-call-parser", "hermes",
         ],
         tmp_path_factory.mktemp("server") / "server.log",
-    )  # fmt: skip
-    yield running
-    stop_server(running)
+    ) as running:  # fmt: skip
+        yield running
 
 
 @pytest.fixture(scope="session")

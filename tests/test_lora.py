@@ -14,8 +14,7 @@ from tests.conftest import (
     ORIGINAL_CONTEXT,
     SERVED_CONTEXT,
     keyed_client,
-    start_server,
-    stop_server,
+    served,
 )
 from tests.test_server_api import token_prompt
 
@@ -44,7 +43,7 @@ def adapter(plain_checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def lora_server(plain_checkpoint, adapter, tmp_path_factory):
-    running = start_server(
+    with served(
         [
             "--model", str(plain_checkpoint), "--served-model-name", BASE,
             "--rope-type", "resonance_yarn", "--rope-factor", str(FACTOR),
@@ -53,9 +52,8 @@ def lora_server(plain_checkpoint, adapter, tmp_path_factory):
             "--allow-runtime-lora",
         ],
         tmp_path_factory.mktemp("lora") / "server.log",
-    )  # fmt: skip
-    yield running
-    stop_server(running)
+    ) as running:  # fmt: skip
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from harness.client import metric
-from tests.conftest import FACTOR, MODEL_NAME, start_server, stop_server
+from tests.conftest import FACTOR, MODEL_NAME, served
 from tests.test_server_api import token_prompt
 
 pytestmark = pytest.mark.engine
@@ -21,7 +21,7 @@ NGRAM = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3,
 
 @pytest.fixture(scope="module")
 def speculative_server(plain_checkpoint, tmp_path_factory):
-    running = start_server(
+    with served(
         [
             "--model", str(plain_checkpoint), "--served-model-name", MODEL_NAME,
             "--rope-type", "resonance_yarn", "--rope-factor", str(FACTOR),
@@ -29,9 +29,8 @@ def speculative_server(plain_checkpoint, tmp_path_factory):
             "--engine-arg", f"speculative_config={json.dumps(NGRAM)}",
         ],
         tmp_path_factory.mktemp("speculative") / "server.log",
-    )  # fmt: skip
-    yield running
-    stop_server(running)
+    ) as running:  # fmt: skip
+        yield running
 
 
 def test_ngram_drafts_are_used_and_greedy_text_is_unchanged(speculative_server, http):
