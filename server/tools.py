@@ -67,14 +67,16 @@ def template_tools(request: ChatCompletionRequest) -> list[dict[str, Any]] | Non
     return [tool.model_dump(exclude_none=True) for tool in request.tools]
 
 
-def _vllm_request(request: ChatCompletionRequest, messages: list[dict]) -> VllmChatRequest:
+def _vllm_request(
+    request: ChatCompletionRequest, messages: list[dict], tools: list[dict] | None
+) -> VllmChatRequest:
     """vLLM's form of the request's tool fields, which its schema builder and parsers read."""
     choice = request.effective_tool_choice
     return VllmChatRequest.model_validate(
         {
             "model": request.model,
             "messages": messages,
-            "tools": template_tools(request),
+            "tools": tools,
             "tool_choice": choice.model_dump() if isinstance(choice, NamedToolChoice) else choice,
             "parallel_tool_calls": request.parallel_tool_calls,
         }
@@ -116,10 +118,11 @@ class ToolCalls:
             self.mode = "named"
         self.schema: dict[str, Any] | None = None
         self.parser, self.tokenizer = parser, tokenizer
+        self.for_template = template_tools(request)  # the tools as the chat template reads them
         self._states: dict[int, ChoiceState] = {}
         if self.mode == "none":
             return
-        self.request = _vllm_request(request, messages)
+        self.request = _vllm_request(request, messages, self.for_template)
         if self.mode in ("named", "required"):
             schema = get_json_schema_from_tools(
                 self.request.tool_choice, self.request.tools, request.parallel_tool_calls

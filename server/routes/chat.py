@@ -12,7 +12,7 @@ from server.execution import Job
 from server.protocol import ChatCompletionRequest, ChatCompletionResponse, generation_responses
 from server.sampling import output_budget, sampling_params, structured_outputs
 from server.services import Services, Shared
-from server.tools import ToolCalls, template_message, template_tools
+from server.tools import ToolCalls, template_message
 
 router = APIRouter()
 
@@ -32,7 +32,7 @@ class Chat:
         self.tools = ToolCalls(request, messages, self.s.tool_parser, self.s.prompts.tokenizer)
         prompt = await self.s.prompts.chat_prompt(
             messages,
-            tools=template_tools(request),
+            tools=self.tools.for_template,
             add_generation_prompt=request.add_generation_prompt,
             continue_final_message=request.continue_final_message,
             extra=request.chat_template_kwargs,
