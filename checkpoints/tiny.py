@@ -140,7 +140,8 @@ DEFAULT_ARCHITECTURE: dict[str, Any] = {
 }
 
 
-def _corpus(seed: int, sentences: int = 4000) -> list[str]:
+def sample_text(seed: int, sentences: int = 4000) -> list[str]:
+    """Sentences of the tokenizer's words and numbers (its training text, and test corpora)."""
     rng = random.Random(seed)
     lines = []
     for _ in range(sentences):
@@ -163,7 +164,7 @@ def build_tokenizer(seed: int = 0, vocab_size: int = 2000) -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_corpus(seed), trainer=trainer)
+    tokenizer.train_from_iterator(sample_text(seed), trainer=trainer)
     bos_id = tokenizer.token_to_id("<s>")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]

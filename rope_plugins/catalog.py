@@ -80,6 +80,11 @@ def served_length(rope_type: str, factor: float, original: int) -> int:
     return int(original * factor) if takes_factor(rope_type) else original
 
 
+def trained_length(params: Mapping[str, Any], max_position: int) -> int:
+    """The context a checkpoint was trained on: what its RoPE scaling extends, if it has one."""
+    return int(params.get("original_max_position_embeddings") or max_position)
+
+
 def served_max_positions(params: Mapping[str, Any], max_position: int) -> int:
     """The length a config's RoPE serves, read as vLLM reads the method it extends.
 

@@ -98,8 +98,7 @@ def checkpoint_rope(config: Any) -> tuple[dict[str, Any], int]:
 
 def trained_context(config: Any) -> int:
     """The checkpoint's own context: what its RoPE scaling extends, if it has one."""
-    rope, max_positions = checkpoint_rope(config)
-    return int(rope.get("original_max_position_embeddings") or max_positions)
+    return catalog.trained_length(*checkpoint_rope(config))
 
 
 def rope_override(

@@ -71,26 +71,37 @@ def prompt_logprobs(http, model: str, ids: list[int]) -> torch.Tensor:
     return torch.tensor(served, dtype=torch.float64)
 
 
-def transformers_logprobs(checkpoint, adapter, ids: list[int]) -> torch.Tensor:
-    """transformers + peft on the same weights, with the registered resonance_yarn type."""
+def transformers_logprobs(checkpoint, ids: list[int], adapter=None, **config) -> torch.Tensor:
+    """transformers (+ peft with ``adapter``) on a checkpoint, with the registered RoPE types;
+    ``config`` entries replace the checkpoint's own."""
     from peft import PeftModel
     from transformers import AutoConfig, AutoModelForCausalLM
 
     rope_plugins.register()
-    config = AutoConfig.from_pretrained(checkpoint)
-    config.rope_parameters = {
-        **config.rope_parameters, "rope_type": "resonance_yarn", "factor": float(FACTOR),
+    loaded = AutoConfig.from_pretrained(checkpoint)
+    for key, value in config.items():
+        setattr(loaded, key, value)
+    model = AutoModelForCausalLM.from_pretrained(
+        checkpoint, config=loaded, dtype=torch.float32, attn_implementation="sdpa"
+    )
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, adapter)
+    with torch.no_grad():
+        logits = model.eval()(torch.tensor([ids])).logits[0, :-1].double()
+    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
+
+
+def served_scaling(checkpoint) -> dict:
+    """The config entries the server's resonance_yarn x4 flags give the plain checkpoint."""
+    from transformers import AutoConfig
+
+    rope = AutoConfig.from_pretrained(checkpoint).rope_parameters
+    rope_parameters = {
+        **rope, "rope_type": "resonance_yarn", "factor": float(FACTOR),
         "original_max_position_embeddings": ORIGINAL_CONTEXT, "beta_fast": 32.0,
         "beta_slow": 1.0,
     }  # fmt: skip
-    config.max_position_embeddings = SERVED_CONTEXT
-    base = AutoModelForCausalLM.from_pretrained(
-        checkpoint, config=config, dtype=torch.float32, attn_implementation="sdpa"
-    )
-    model = PeftModel.from_pretrained(base, adapter).eval()
-    with torch.no_grad():
-        logits = model(torch.tensor([ids])).logits[0, :-1].double()
-    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
+    return {"rope_parameters": rope_parameters, "max_position_embeddings": SERVED_CONTEXT}
 
 
 def test_the_adapter_is_served_as_transformers_and_peft_compute_it(http, plain_checkpoint, adapter):
@@ -103,7 +114,8 @@ def test_the_adapter_is_served_as_transformers_and_peft_compute_it(http, plain_c
     """
     ids = token_prompt(700, salt=3)
     served = prompt_logprobs(http, ADAPTER, ids)
-    expected = transformers_logprobs(plain_checkpoint, adapter, ids)
+    scaling = served_scaling(plain_checkpoint)
+    expected = transformers_logprobs(plain_checkpoint, ids, adapter, **scaling)
     difference = (served - expected).abs()
     print(f"\nadapter served vs transformers+peft: mean {difference.mean():.2e}, "
           f"max {difference.max():.2e}")  # fmt: skip
