@@ -124,8 +124,19 @@ class SamplingRequest(BaseModel):
     store: bool | None = None
     metadata: dict[str, Text] | None = None
     service_tier: Text | None = None
+    # Added to every body by the cache-aware routers (vllm-router, sglang-router): SGLang's
+    # name for include_stop_str_in_output, and hidden states, which this server cannot return.
+    no_stop_trim: bool = False
+    return_hidden_states: bool = False
     # Refused with a reason (vLLM's V1 engine has no best_of).
     best_of: int | None = None
+
+    @field_validator("return_hidden_states")
+    @classmethod
+    def _no_hidden_states(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("return_hidden_states is not supported: this server returns text")
+        return value
 
     @field_validator("best_of")
     @classmethod
@@ -253,6 +264,11 @@ class ChatCompletionRequest(SamplingRequest):
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
+    # Reasoning-parser switches the routers add (defaults: on). Accepted and ignored: this
+    # server has no reasoning parser, so the text is returned as generated.
+    separate_reasoning: bool = True
+    stream_reasoning: bool = True
+    include_reasoning: bool = True
 
     @field_validator("tool_choice")
     @classmethod

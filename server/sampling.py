@@ -139,7 +139,7 @@ def sampling_params(
             min_tokens=request.min_tokens,
             stop=stop or None,
             stop_token_ids=request.stop_token_ids,
-            include_stop_str_in_output=request.include_stop_str_in_output,
+            include_stop_str_in_output=request.include_stop_str_in_output or request.no_stop_trim,
             bad_words=request.bad_words,
             logit_bias=logit_bias(request, vocab_size),
             skip_special_tokens=request.skip_special_tokens,

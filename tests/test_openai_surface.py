@@ -351,6 +351,40 @@ def test_fields_that_cannot_change_the_output_are_accepted(http):
     assert ignored["choices"][0]["text"] == plain["choices"][0]["text"]
 
 
+# What vllm-router 0.1.17 adds to every body it forwards (sglang-router adds the same).
+ROUTER_FIELDS = {"no_stop_trim": False, "ignore_eos": False, "skip_special_tokens": True,
+                 "return_hidden_states": False}  # fmt: skip
+CHAT_ROUTER_FIELDS = {**ROUTER_FIELDS, "continue_final_message": False,
+                      "separate_reasoning": True, "stream_reasoning": True,
+                      "include_reasoning": True}  # fmt: skip
+
+
+def test_the_fields_cache_aware_routers_add_are_accepted(http):
+    plain = completion(http, "x", max_tokens=5)
+    routed = completion(http, "x", max_tokens=5, echo=False, **ROUTER_FIELDS)
+    assert routed["choices"][0]["text"] == plain["choices"][0]["text"]
+    whole, routed_chat = chat(http, max_tokens=5), chat(http, max_tokens=5, **CHAT_ROUTER_FIELDS)
+    assert routed_chat.status_code == 200, routed_chat.text
+    text = [r.json()["choices"][0]["message"]["content"] for r in (whole, routed_chat)]
+    assert text[0] == text[1]
+    body = {"model": MODEL_NAME, "prompt": "x", "return_hidden_states": True}
+    refused = http.post("/v1/completions", json=body)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "return_hidden_states"
+
+
+def test_no_stop_trim_keeps_the_stop_string_as_include_stop_str_in_output_does(http):
+    ids = token_prompt(30, salt=11)
+    text = completion(http, ids, max_tokens=16, ignore_eos=True)["choices"][0]["text"]
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
+    cut = text.index(stop)
+    trimmed = completion(http, ids, max_tokens=16, stop=[stop], ignore_eos=True)
+    trimmed = trimmed["choices"][0]["text"]
+    kept = completion(http, ids, max_tokens=16, stop=[stop], ignore_eos=True, no_stop_trim=True)
+    assert trimmed == text[:cut]
+    assert kept["choices"][0]["text"] == text[: cut + len(stop)]
+
+
 # --------------------------------------------------------------------- cached usage
 def test_cached_tokens_count_prefix_cache_hits(http):
     ids = token_prompt(600, salt=int(time.time()) % 1000 + 11)  # never sent before

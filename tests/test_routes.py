@@ -51,3 +51,12 @@ def test_models_router_alone_shows_the_name_not_the_path():
     (card,) = client.get("/v1/models").json()["data"]
     assert card["root"] == "m" and card["max_model_len"] == 1024
     assert "/srv/secret/path" not in client.get("/v1/models").text
+
+
+def test_router_probe_paths_show_the_served_name_not_the_path():
+    client = app_with(models.router, engine=StandInEngine(), adapters=SimpleNamespace(all=list))
+    for path in ("/server_info", "/get_server_info", "/model_info", "/get_model_info"):
+        facts = client.get(path).json()
+        assert facts["served_model_name"] == facts["model_path"] == "m", path
+        assert facts["max_model_len"] == 1024 and facts["rope_parameters"]["factor"] == 4.0
+        assert "/srv/secret/path" not in client.get(path).text

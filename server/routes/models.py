@@ -1,4 +1,5 @@
-"""GET /v1/models: the served model and its adapters, the context and the RoPE settings."""
+"""GET /v1/models: the served model and its adapters, the context and the RoPE settings;
+the same facts at the paths routers probe."""
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -24,3 +25,23 @@ async def models(s: Shared) -> JSONResponse:
     cards = [{"id": info.name, **card, "root": info.name, "parent": None}]
     cards += [{"id": a.name, **card, "root": a.name, "parent": info.name} for a in s.adapters.all()]
     return JSONResponse({"object": "list", "data": cards})
+
+
+@router.get("/server_info")
+@router.get("/get_server_info")
+@router.get("/model_info")
+@router.get("/get_model_info")
+async def server_info(s: Shared) -> JSONResponse:
+    """What routers probe for (sglang-router, vllm-router's kv-aware policy): the served
+    model's name (never its path on disk), context and RoPE settings."""
+    info = s.engine.info
+    return JSONResponse(
+        {
+            "model_path": info.name,
+            "served_model_name": info.name,
+            "tokenizer_path": info.name,
+            "is_generation": True,
+            "max_model_len": info.max_model_len,
+            "rope_parameters": info.rope,
+        }
+    )
