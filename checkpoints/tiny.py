@@ -8,6 +8,7 @@ and benchmarks. Same arguments, same files.
 import argparse
 import json
 import random
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +152,10 @@ def sample_text(seed: int, sentences: int = 4000) -> list[str]:
     return lines
 
 
-def build_tokenizer(seed: int = 0, vocab_size: int = 2000) -> Any:
+def build_tokenizer(
+    seed: int = 0, vocab_size: int = 2000, texts: Iterable[str] | None = None
+) -> Any:
+    """A byte-level BPE tokenizer trained on ``texts`` (default: ``sample_text(seed)``)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -164,7 +168,7 @@ def build_tokenizer(seed: int = 0, vocab_size: int = 2000) -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(sample_text(seed), trainer=trainer)
+    tokenizer.train_from_iterator(texts or sample_text(seed), trainer=trainer)
     bos_id = tokenizer.token_to_id("<s>")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
@@ -184,12 +188,14 @@ def build_tiny_checkpoint(
     rope_parameters: dict[str, Any] | None = None,
     max_position_embeddings: int = 256,
     seed: int = 0,
+    tokenizer: Any = None,
     **architecture: Any,
 ) -> Path:
     """Write a LLaMA checkpoint and its tokenizer to ``out_dir`` and return that path.
 
     ``rope_parameters`` goes into config.json as given (plain RoPE with base 10000 if None);
-    the weights depend on ``seed`` and the architecture only, never on the RoPE settings.
+    the weights depend on ``seed`` and the architecture only, never on the RoPE settings;
+    ``tokenizer`` (default: ``build_tokenizer(seed)``) is saved beside them.
     """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -198,7 +204,7 @@ def build_tiny_checkpoint(
 
     rope_plugins.transformers_hooks.install()
     out = Path(out_dir)
-    tokenizer = build_tokenizer(seed)
+    tokenizer = tokenizer or build_tokenizer(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         max_position_embeddings=max_position_embeddings,
