@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from benchmarks.posgen import report, scoring, tasks
-from benchmarks.posgen.__main__ import TEST_LENGTH, TRAIN_LENGTH, serve_command
-from benchmarks.posgen.model import ModelSize, build_model, save
+from benchmarks.posgen.__main__ import serve_command
+from benchmarks.posgen.model import ModelSize, build_model, save, start_token_id
 from benchmarks.posgen.training import TrainingPlan, teacher_forced_accuracy, train
 from harness.servers import free_port, serving
 
@@ -63,28 +63,46 @@ def test_table_has_the_papers_layout_and_numbers():
          "id_accuracy": 0.9}
         for row in report.ROWS for seed in range(3)
     ]  # fmt: skip
-    table = report.tables(results)
+    table = report.tables(results, tasks.LAYOUTS["authors"])
+    assert "start token, then the seeds; trained on 65 tokens, tested on 257" in table
+    assert "factor 3.954" in table
     assert "| method | CoT |" in table
     assert "| Resonance-YaRN (s=4) | 60.00 ± 10.00 (99.58) |" in table
     assert "| RoPE | 90.00 ± 0.00 |" in table
+
+
+# The served test runs the authors' layout: a start token before the seeds, YaRN x257/65.
+LAYOUT = tasks.LAYOUTS["authors"]
+TRAIN_LENGTH, TEST_LENGTH = LAYOUT.train_length, LAYOUT.test_length
+
+
+def test_layouts_put_the_start_token_before_the_seeds():
+    seeds, start = (16, 3, 9, 12), start_token_id(17)
+    plain = tasks.LAYOUTS["plain"].tokens("recursive", seeds, 64, start)
+    authors = LAYOUT.tokens("recursive", seeds, 65, start)
+    assert plain == tasks.sequence("recursive", seeds, 64)
+    assert authors == [start, *plain] and start == 18
+    assert (LAYOUT.prefix, tasks.LAYOUTS["plain"].prefix) == (5, 4)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A small model trained for a few steps with Resonance RoPE on the recursive task."""
     seeds = tasks.split_seeds({"train": 512, "test": 6}, shuffle_seed=0)
-    data = [tasks.sequence("recursive", s, TRAIN_LENGTH) for s in seeds["train"]]
+    start = start_token_id(17)
+    data = [LAYOUT.tokens("recursive", s, TRAIN_LENGTH, start) for s in seeds["train"]]
     model, tokenizer = build_model(ModelSize(1, 64, 1, 128), "resonance", 17, TEST_LENGTH, 0)
-    facts = train(model, data, TrainingPlan(512, 2, 16, 3e-3), seed=0, label="smoke")
+    plan = TrainingPlan(512, 2, 16, 3e-3)
+    facts = train(model, data, plan, seed=0, label="smoke", prefix=LAYOUT.prefix)
     assert facts["final_epoch_loss"] < math.log(len(tokenizer))  # below a uniform guess
-    facts["validation_accuracy"] = teacher_forced_accuracy(model, data[:64])
+    facts["validation_accuracy"] = teacher_forced_accuracy(model, data[:64], LAYOUT.prefix)
     out = save(model, tokenizer, tmp_path_factory.mktemp("posgen"), facts)
-    test = [tasks.sequence("recursive", s, TEST_LENGTH) for s in seeds["test"]]
+    test = [LAYOUT.tokens("recursive", s, TEST_LENGTH, start) for s in seeds["test"]]
     return out, test
 
 
 def _offline_marks(checkpoint, sequences) -> list[list[bool]]:
-    """Top-1 guesses of the same weights in transformers, Resonance-YaRN x4 over 64 positions."""
+    """Top-1 guesses of the same weights in transformers, Resonance-YaRN x257/65 over 65."""
     import torch
     from transformers import AutoConfig, LlamaForCausalLM
 
@@ -92,7 +110,8 @@ def _offline_marks(checkpoint, sequences) -> list[list[bool]]:
 
     rope_plugins.transformers_hooks.install()
     config = AutoConfig.from_pretrained(checkpoint)
-    config.rope_parameters = {"rope_type": "resonance_yarn", "rope_theta": 10000.0, "factor": 4.0,
+    config.rope_parameters = {"rope_type": "resonance_yarn", "rope_theta": 10000.0,
+                              "factor": LAYOUT.factor,
                               "original_max_position_embeddings": TRAIN_LENGTH,
                               "beta_fast": 2.0, "beta_slow": 1.0}  # fmt: skip
     model = LlamaForCausalLM.from_pretrained(checkpoint, config=config, dtype=torch.float64)
@@ -105,10 +124,10 @@ def _offline_marks(checkpoint, sequences) -> list[list[bool]]:
 def test_trained_model_served_with_resonance_yarn_and_scored_over_http(trained, tmp_path):
     checkpoint, test = trained
     port = free_port()
-    command = serve_command(checkpoint, "resonance_yarn", port)
+    command = serve_command(checkpoint, "resonance_yarn", port, LAYOUT)
     with serving(command, port, tmp_path / "server.log") as server:
         marks = scoring.score(server.base_url, "posgen", test)
-        reported = scoring.summary(marks, TRAIN_LENGTH)
+        reported = scoring.summary(marks, TRAIN_LENGTH, LAYOUT.prefix)
         body = {"model": "posgen", "prompt": [s[:-1] for s in test], "max_tokens": 1,
                 "temperature": 0, "echo": True, "logprobs": 1}  # fmt: skip
         raw = httpx.post(f"{server.base_url}/v1/completions", json=body, timeout=120).json()
@@ -127,7 +146,7 @@ def test_trained_model_served_with_resonance_yarn_and_scored_over_http(trained, 
         hits = [m for row in recomputed for m in row[start - 1 : stop - 1]]
         return sum(hits) / len(hits)
 
-    assert reported["id_accuracy"] == pytest.approx(share(4, TRAIN_LENGTH), abs=1e-12)
+    assert reported["id_accuracy"] == pytest.approx(share(LAYOUT.prefix, TRAIN_LENGTH), abs=1e-12)
     assert reported["ood_accuracy"] == pytest.approx(share(TRAIN_LENGTH, TEST_LENGTH), abs=1e-12)
     # The same weights and scaling in transformers (float64) guess the same tokens, but for
     # near-ties between two tokens that float32 may order either way.

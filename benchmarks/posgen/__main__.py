@@ -19,9 +19,6 @@ from benchmarks.posgen import report, scoring, tasks, training
 from harness.client import comma_list
 from harness.servers import SERVER, free_port, serving
 
-TRAIN_LENGTH = 64
-FACTOR = 4
-TEST_LENGTH = TRAIN_LENGTH * FACTOR
 # The authors' YaRN ramp for these short sequences: with YaRN's LLM default (beta_fast 32) every
 # dimension of a 64-token context would be interpolated.
 YARN_BETAS = {"--yarn-beta-fast": "2", "--yarn-beta-slow": "1"}
@@ -34,16 +31,17 @@ TRAINED_ROPE_TYPES = ("default", "resonance")
 HELD_OUT = {"validation": 1000, "test": 1000}
 
 
-def serve_command(checkpoint: Path, rope_type: str, port: int) -> list[str]:
+def serve_command(checkpoint: Path, rope_type: str, port: int, layout: tasks.Layout) -> list[str]:
     command = [
         *SERVER, "--model", str(checkpoint), "--port", str(port),
         "--served-model-name", "posgen", "--rope-type", rope_type, "--dtype", "float32",
         "--enforce-eager", "--cpu-kv-cache-space-gib", "1",
-        "--max-queued-tokens", str(scoring.PROMPTS_PER_REQUEST * TEST_LENGTH * 4),
+        "--max-queued-tokens", str(scoring.PROMPTS_PER_REQUEST * layout.test_length * 4),
     ]  # fmt: skip
     if rope_type in ("yarn", "resonance_yarn"):
-        command += ["--rope-factor", str(FACTOR), "--original-max-position-embeddings",
-                    str(TRAIN_LENGTH), *[a for kv in YARN_BETAS.items() for a in kv]]  # fmt: skip
+        command += ["--rope-factor", repr(layout.factor), "--original-max-position-embeddings",
+                    str(layout.train_length),
+                    *[a for kv in YARN_BETAS.items() for a in kv]]  # fmt: skip
     return command
 
 
@@ -54,19 +52,27 @@ def trained_checkpoint(
     directory = out / "checkpoints" / f"{task}-{rope}-seed{seed}"
     if (directory / "posgen.json").exists():
         return directory
-    model, tokenizer = posgen_model.build_model(args.size, rope, tasks.MODULUS, TEST_LENGTH, seed)
+    layout = args.layout
+    model, tokenizer = posgen_model.build_model(
+        args.size, rope, tasks.MODULUS, layout.test_length, seed
+    )
     label = f"{task} {rope} seed {seed}"
-    facts = training.train(model, data["train"], args.plan, seed, label, args.threads)
-    facts["validation_accuracy"] = training.teacher_forced_accuracy(model, data["validation"])
-    facts |= {"task": task, "rope_type": rope, "seed": seed, "train_length": TRAIN_LENGTH,
-              "size": vars(args.size), "plan": vars(args.plan)}  # fmt: skip
+    facts = training.train(
+        model, data["train"], args.plan, seed, label, layout.prefix, args.threads
+    )
+    facts["validation_accuracy"] = training.teacher_forced_accuracy(
+        model, data["validation"], layout.prefix
+    )
+    facts |= {"task": task, "rope_type": rope, "seed": seed, "layout": layout.name,
+              "train_length": layout.train_length, "size": vars(args.size),
+              "plan": vars(args.plan)}  # fmt: skip
     print(f"trained {directory.name}: validation accuracy {facts['validation_accuracy']:.3f}, "
           f"{facts['seconds']:.0f} s", flush=True)  # fmt: skip
     return posgen_model.save(model, tokenizer, directory, facts)
 
 
 def scored_row(
-    out: Path, checkpoint: Path, row: str, served: str, test: list[list[int]]
+    out: Path, checkpoint: Path, row: str, served: str, test: list[list[int]], layout: tasks.Layout
 ) -> dict[str, Any]:
     """One row's result for one checkpoint, scored now unless already in ``out``."""
     result_file = out / "results" / f"{checkpoint.name}-{served}.json"
@@ -78,7 +84,8 @@ def scored_row(
     started = time.monotonic()
     log = out / "logs" / f"{result_file.stem}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    with serving(serve_command(checkpoint, served, port), port, log, timeout=600) as server:
+    command = serve_command(checkpoint, served, port, layout)
+    with serving(command, port, log, timeout=600) as server:
         startup = time.monotonic() - started
         with tqdm(total=len(test), desc=f"score {row}", unit="seq", leave=False) as bar:
             marks = scoring.score(server.base_url, "posgen", test, bar)
@@ -88,7 +95,8 @@ def scored_row(
         "checkpoint": checkpoint.name, "test_sequences": len(test),
         "server_startup_s": round(startup, 1),
         "validation_accuracy": trained["validation_accuracy"],
-        **scoring.summary(marks, TRAIN_LENGTH),
+        "layout": layout.name,
+        **scoring.summary(marks, layout.train_length, layout.prefix),
     }  # fmt: skip
     result_file.parent.mkdir(parents=True, exist_ok=True)
     result_file.write_text(json.dumps(result, indent=1))
@@ -104,18 +112,19 @@ def _train_and_submit(
     for task in comma_list(args.tasks):
         for seed in range(args.seeds):
             seeds = tasks.split_seeds(sizes, shuffle_seed=seed)
+            layout, start = args.layout, posgen_model.start_token_id(tasks.MODULUS)
             data = {
-                name: [tasks.sequence(task, s, TRAIN_LENGTH) for s in seeds[name]]
+                name: [layout.tokens(task, s, layout.train_length, start) for s in seeds[name]]
                 for name in ("train", "validation")
             }
-            test = [tasks.sequence(task, s, TEST_LENGTH) for s in seeds["test"]]
+            test = [layout.tokens(task, s, layout.test_length, start) for s in seeds["test"]]
             for rope in TRAINED_ROPE_TYPES:
                 checkpoint = trained_checkpoint(args.out, task, rope, seed, data, args)
                 if args.train_only:
                     continue
                 for row, (trained_with, served) in report.ROWS.items():
                     if trained_with == rope:
-                        job = (args.out, checkpoint, row, served, test)
+                        job = (args.out, checkpoint, row, served, test, layout)
                         rows.append(scorer.submit(scored_row, *job))
 
 
@@ -128,8 +137,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="the paper's model, data and 150 epochs (a GPU host)")  # fmt: skip
     parser.add_argument("--train-only", action="store_true",
                         help="train; a later run serves and scores")  # fmt: skip
-    parser.add_argument("--out", type=Path, default=Path("results/posgen"))
+    parser.add_argument("--layout", choices=tasks.LAYOUTS, default="plain",
+                        help="authors: start token + seeds, 65 tokens, x257/65")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=None, help="default: results/posgen[-LAYOUT]")
     args = parser.parse_args(argv)
+    args.layout = tasks.LAYOUTS[args.layout]
+    if args.out is None:
+        suffix = "" if args.layout.name == "plain" else f"-{args.layout.name}"
+        args.out = Path(f"results/posgen{suffix}")
     args.size = posgen_model.PAPER_SIZE if args.paper_scale else posgen_model.DEFAULT_SIZE
     args.plan = training.PAPER_PLAN if args.paper_scale else DEFAULT_PLAN
     if args.epochs:
@@ -155,9 +170,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"total: {time.monotonic() - started:.0f} s", flush=True)
     if args.train_only:
         return
-    tables = report.tables(results)
+    tables = report.tables(results, args.layout)
     (args.out / "tables.md").write_text(tables + "\n")
-    report.plot(results, TRAIN_LENGTH, args.out / "accuracy_by_position.png")
+    report.plot(results, args.layout, args.out / "accuracy_by_position.png")
     print(tables)
 
 

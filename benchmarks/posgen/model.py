@@ -27,6 +27,11 @@ PAPER_SIZE = ModelSize(layers=2, hidden=512, heads=8, intermediate=2048)
 HEAD_DIM = 64
 
 
+def start_token_id(modulus: int) -> int:
+    """The id of ``<s>``, the start token of the authors' layout."""
+    return modulus + SPECIAL_TOKENS.index("<s>")
+
+
 def build_tokenizer(modulus: int) -> Any:
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.posgen.tasks import SEED_TOKENS, TASKS
+from benchmarks.posgen.tasks import TASKS, Layout
 
 # Row label -> (rope type the model trained with, rope type it is served with).
 ROWS: dict[str, tuple[str, str]] = {
@@ -33,11 +33,15 @@ def _cell(values: Sequence[float]) -> str:
     return f"{mean:.2f} ± {spread:.2f}"
 
 
-def tables(results: Sequence[dict[str, Any]]) -> str:
+def tables(results: Sequence[dict[str, Any]], layout: Layout) -> str:
     """Markdown: OOD accuracy beside the paper's, then in-distribution accuracy (mean ± std)."""
     tasks = [t for t in TASKS if any(r["task"] == t for r in results)]
     seeds = sorted({r["seed"] for r in results})
+    opening = "a start token, then the seeds" if layout.start_token else "the seeds first"
     lines = [
+        f"Layout `{layout.name}`: {opening}; trained on {layout.train_length} tokens, tested "
+        f"on {layout.test_length}; YaRN rows served at factor {layout.factor:.4g}.",
+        "",
         f"OOD accuracy (%), targets x_64 .. x_255, mean ± standard deviation over "
         f"{len(seeds)} seeds ({', '.join(map(str, seeds))}); the paper's in brackets.",
         "",
@@ -66,7 +70,7 @@ def tables(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot(results: Sequence[dict[str, Any]], trained: int, out: Path) -> Path:
+def plot(results: Sequence[dict[str, Any]], layout: Layout, out: Path) -> Path:
     """Accuracy by position, one panel per task, the trained length marked."""
     import matplotlib
 
@@ -82,13 +86,14 @@ def plot(results: Sequence[dict[str, Any]], trained: int, out: Path) -> Path:
                 continue
             # Mean over seeds and over each BUCKET consecutive targets (semi-recursive models
             # can be right at one parity of the position and at chance at the other).
-            starts = range(SEED_TOKENS, len(runs[0]), BUCKET)
+            starts = range(layout.prefix, len(runs[0]), BUCKET)
             means = [
                 statistics.fmean(run[p] for run in runs for p in range(start, start + BUCKET))
                 for start in starts
             ]
             centres = [start + (BUCKET - 1) / 2 for start in starts]
             axis.plot(centres, [100 * m for m in means], label=row, linewidth=1)
+        trained = layout.train_length
         axis.axvline(trained, color="grey", linestyle="--", linewidth=1)
         axis.text(trained + 2, 3, "trained length", color="grey", fontsize=8)
         axis.set_title(TASK_TITLES[task])

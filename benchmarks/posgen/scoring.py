@@ -12,8 +12,6 @@ from typing import Any
 
 import httpx
 
-from benchmarks.posgen.tasks import SEED_TOKENS
-
 PROMPTS_PER_REQUEST = 32
 
 
@@ -60,13 +58,11 @@ def score(
     return marks
 
 
-def summary(marks: Sequence[Sequence[bool | None]], trained: int) -> dict[str, Any]:
-    """In-distribution (targets SEED_TOKENS .. trained-1) and out-of-distribution accuracy."""
+def summary(marks: Sequence[Sequence[bool | None]], trained: int, prefix: int) -> dict[str, Any]:
+    """In-distribution (targets prefix .. trained-1) and out-of-distribution accuracy."""
     length = len(marks[0])
     return {
-        "id_accuracy": accuracy(marks, SEED_TOKENS, trained),
+        "id_accuracy": accuracy(marks, prefix, trained),
         "ood_accuracy": accuracy(marks, trained, length),
-        "by_position": [
-            None if p < SEED_TOKENS else accuracy(marks, p, p + 1) for p in range(length)
-        ],
+        "by_position": [None if p < prefix else accuracy(marks, p, p + 1) for p in range(length)],
     }

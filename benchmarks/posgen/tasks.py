@@ -14,9 +14,43 @@ seed tuples from one shuffled list of all modulus**4 tuples, without overlap.
 import itertools
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 
 SEED_TOKENS = 4
 MODULUS = 17
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a sequence is laid out for the model: with or without a start token before the
+    seeds, and the lengths (start token included) trained on and tested at."""
+
+    name: str
+    start_token: bool
+    train_length: int
+    test_length: int
+
+    @property
+    def prefix(self) -> int:
+        """Positions that are not targets: the start token, if any, and the seeds."""
+        return SEED_TOKENS + self.start_token
+
+    @property
+    def factor(self) -> float:
+        return self.test_length / self.train_length
+
+    def tokens(self, task: str, seeds: tuple[int, ...], length: int, start_id: int) -> list[int]:
+        """A sequence of ``length`` tokens in this layout (``start_id``: the start token)."""
+        head = [start_id] if self.start_token else []
+        return head + sequence(task, seeds, length - len(head))
+
+
+LAYOUTS = {
+    # This project's default: the seeds open the sequence; 64 tokens trained, 256 tested, x4.
+    "plain": Layout("plain", start_token=False, train_length=64, test_length=256),
+    # The authors' code: a start token, then the seeds; 65 trained, 257 tested, YaRN x257/65.
+    "authors": Layout("authors", start_token=True, train_length=65, test_length=257),
+}
 
 
 def _far_recursive(length: int) -> int:

@@ -5,8 +5,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.posgen.tasks import SEED_TOKENS
-
 
 @dataclass(frozen=True)
 class TrainingPlan:
@@ -22,9 +20,9 @@ class TrainingPlan:
 PAPER_PLAN = TrainingPlan(train_sequences=10_000, epochs=150, batch_size=128, learning_rate=2e-4)
 
 
-def _batch(rows: Any) -> tuple[Any, Any]:
+def _batch(rows: Any, prefix: int) -> tuple[Any, Any]:
     labels = rows.clone()
-    labels[:, :SEED_TOKENS] = -100  # the seeds are random: nothing to learn in predicting them
+    labels[:, :prefix] = -100  # start token and seeds: nothing to learn in predicting them
     return rows, labels
 
 
@@ -34,10 +32,12 @@ def train(
     plan: TrainingPlan,
     seed: int,
     label: str,
+    prefix: int,
     threads: Callable[[], int] | None = None,
 ) -> dict[str, float]:
     """Train in place; returns the last epoch's mean loss, tokens per second and seconds.
 
+    The first ``prefix`` positions of each sequence (start token, seeds) are not targets.
     ``threads``, asked every few steps, sets how many threads PyTorch may use now (one while a
     server is scoring on the other core).
     """
@@ -63,7 +63,7 @@ def train(
             for start in range(0, len(data), plan.batch_size):
                 if threads is not None and bar.n % 16 == 0:
                     torch.set_num_threads(threads())
-                inputs, labels = _batch(data[order[start : start + plan.batch_size]])
+                inputs, labels = _batch(data[order[start : start + plan.batch_size]], prefix)
                 loss = model(input_ids=inputs, labels=labels).loss
                 loss.backward()
                 optimizer.step()
@@ -82,8 +82,8 @@ def train(
     }
 
 
-def teacher_forced_accuracy(model: Any, sequences: list[list[int]]) -> float:
-    """Offline accuracy on every token after the seeds (validation, at the trained length)."""
+def teacher_forced_accuracy(model: Any, sequences: list[list[int]], prefix: int) -> float:
+    """Offline accuracy on every target (validation, at the trained length)."""
     import torch
 
     data = torch.tensor(sequences, dtype=torch.long)
@@ -91,6 +91,6 @@ def teacher_forced_accuracy(model: Any, sequences: list[list[int]]) -> float:
     with torch.no_grad():
         for start in range(0, len(data), 256):
             rows = data[start : start + 256]
-            predicted = model(input_ids=rows).logits[:, SEED_TOKENS - 1 : -1].argmax(-1)
-            correct += (predicted == rows[:, SEED_TOKENS:]).sum().item()
-    return correct / (len(data) * (data.shape[1] - SEED_TOKENS))
+            predicted = model(input_ids=rows).logits[:, prefix - 1 : -1].argmax(-1)
+            correct += (predicted == rows[:, prefix:]).sum().item()
+    return correct / (len(data) * (data.shape[1] - prefix))
