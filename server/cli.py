@@ -52,6 +52,8 @@ def _log_slow_collections(phase: str, info: dict) -> None:
 
 def _banner(settings: Settings, engine, plan) -> str:
     """Which model, from where, and the context it was trained on and is served at."""
+    from server.plan import THREADS_BIND
+
     info = engine.info
     url = f"http://{settings.host}:{settings.port}"
     lines = [
@@ -67,6 +69,13 @@ def _banner(settings: Settings, engine, plan) -> str:
         )
     if plan.lora_modules:
         lines.append(f"  LoRA adapters: {', '.join(plan.lora_modules)}")
+    if THREADS_BIND in plan.environment:
+        lines.append(
+            f"  engine threads: {THREADS_BIND}={plan.environment[THREADS_BIND]} (one core list "
+            "per rank; set the variable yourself to choose)"
+        )
+    if settings.nnodes > 1:
+        lines.append(f"  node 0 of {settings.nnodes}: the other nodes run engine workers")
     if settings.is_demo:
         lines.append(
             "  (the demo; serve another model with --model DIR|HF_ID|FILE.gguf "
@@ -155,6 +164,23 @@ async def serve(settings: Settings) -> int:
         engine.shutdown()
 
 
+def run_worker_node(settings: Settings) -> int:
+    """A node of rank > 0 of a multi-node engine: vLLM's headless workers for this node's
+    ranks, planned from the same settings as node 0 (so the same RoPE), no HTTP."""
+    from server.engine import run_headless_workers
+    from server.plan import make_plan
+
+    plan = make_plan(settings)
+    print(
+        f"resonance-serve: node {settings.node_rank} of {settings.nnodes}, engine workers for "
+        f"'{plan.info.name}' (rope_parameters: {plan.info.rope}); node 0 at "
+        f"{settings.master_addr} serves HTTP",
+        flush=True,
+    )
+    run_headless_workers(plan)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         settings = load_settings(argv)
@@ -166,6 +192,8 @@ def main(argv: list[str] | None = None) -> None:
         level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
     try:
+        if settings.node_rank > 0:
+            sys.exit(run_worker_node(settings))
         sys.exit(asyncio.run(serve(settings)))
     except KeyboardInterrupt:
         pass

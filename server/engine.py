@@ -87,3 +87,28 @@ class Engine:
     def shutdown(self) -> None:
         self.constraints.shutdown()
         self.llm.shutdown()
+
+
+def run_headless_workers(plan: EnginePlan) -> None:
+    """This node's engine workers of a multi-node engine, as ``vllm serve --headless`` runs
+    them on a node of rank > 0, until node 0 shuts them down or SIGTERM/SIGINT comes."""
+    import signal
+
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.usage.usage_lib import UsageContext
+    from vllm.v1.executor.multiproc_executor import MultiprocExecutor
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(0)
+
+    os.environ.update(plan.environment)
+    config = AsyncEngineArgs(**plan.engine_args).create_engine_config(
+        usage_context=UsageContext.OPENAI_API_SERVER, headless=True
+    )
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    executor = MultiprocExecutor(config, monitor_workers=False)
+    try:
+        executor.start_worker_monitor(inline=True)
+    finally:
+        executor.shutdown()

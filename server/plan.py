@@ -70,6 +70,8 @@ class Platform:
     memory_bytes: int
     environ: Mapping[str, str] = field(default_factory=dict)
     fp8_kv_cache: bool = True  # the CPU build's fp8 KV cache needs AVX-512 or AMX
+    cores: tuple[int, ...] = ()  # CPU ids this process may use, one per physical core
+    numa_nodes: int = 1  # NUMA nodes this process may use
 
 
 @dataclass(frozen=True)
@@ -232,6 +234,8 @@ def build_plan(
     if platform.cpu:
         gib = cpu_kv_cache_gib(settings, platform, per_token, served)
         environment["VLLM_CPU_KVCACHE_SPACE"] = str(gib)
+    check_parallel(settings, platform)
+    environment |= thread_binding(settings, platform)
     info = ModelInfo(
         name=engine_args["served_model_name"],
         checkpoint=source.path,
@@ -268,6 +272,50 @@ def cpu_kv_cache_gib(settings: Settings, platform: Platform, per_token: int, ser
     return gib
 
 
+THREADS_BIND = "VLLM_CPU_OMP_THREADS_BIND"
+# vLLM settings of the CPU build's thread binding: when the user has set one, theirs wins.
+BINDING_VARIABLES = (THREADS_BIND, "VLLM_CPU_SIM_MULTI_NUMA")
+
+
+def check_parallel(settings: Settings, platform: Platform) -> None:
+    """Refuses, in one line, what vLLM's CPU build would fail at later, or with a traceback."""
+    if not platform.cpu:
+        return
+    if settings.distributed_executor_backend == "ray":
+        raise ValueError(
+            "distributed_executor_backend ray: vLLM's CPU build does not support Ray; use mp "
+            "(the default), across nodes with --nnodes, --node-rank and --master-addr"
+        )
+    if settings.pipeline_parallel_size > 1 and settings.enforce_eager:
+        raise ValueError(
+            "pipeline_parallel_size > 1 with enforce_eager fails at the first request on vLLM's "
+            "CPU build (the later stages' buffers are made in a warm-up eager mode skips); "
+            "drop --enforce-eager"
+        )
+
+
+def thread_binding(settings: Settings, platform: Platform) -> dict[str, str]:
+    """VLLM_CPU_OMP_THREADS_BIND for the CPU build's ranks on this machine, when needed.
+
+    vLLM's ``auto`` gives each local rank a NUMA node of its own, so tensor or pipeline
+    parallel on a machine with fewer nodes than ranks fails at start; then the cores are split
+    here into one contiguous, equal share per rank. A user's own binding always wins.
+    """
+    ranks = settings.tensor_parallel_size * settings.pipeline_parallel_size // settings.nnodes
+    if not platform.cpu or ranks <= 1 or platform.numa_nodes >= ranks:
+        return {}
+    if any(name in platform.environ for name in BINDING_VARIABLES):
+        return {}
+    if len(platform.cores) < ranks:
+        raise ValueError(
+            f"{ranks} engine ranks on this machine (tensor x pipeline parallel per node) need "
+            f"a core each; it allows {len(platform.cores)}"
+        )
+    share = len(platform.cores) // ranks
+    lists = [platform.cores[rank * share : (rank + 1) * share] for rank in range(ranks)]
+    return {THREADS_BIND: "|".join(",".join(map(str, cores)) for cores in lists)}
+
+
 def describe(plan: EnginePlan) -> str:
     """The engine arguments, one line, for the start-up log."""
     return json.dumps({k: v for k, v in plan.engine_args.items() if k != "model"}, default=str)
@@ -289,13 +337,27 @@ def make_plan(settings: Settings) -> EnginePlan:
 
     rope_plugins.register()
     source = resolve_model(settings)
+    cpu = current_platform.is_cpu()
     platform = Platform(
-        cpu=current_platform.is_cpu(),
+        cpu=cpu,
         memory_bytes=psutil.virtual_memory().total,
         environ=dict(os.environ),
         fp8_kv_cache=cpu_has_fp8_kv_cache(),
+        **(cpu_topology() if cpu else {}),
     )
     return build_plan(settings, source, checkpoint_config(source.path), platform)
+
+
+def cpu_topology() -> dict[str, Any]:
+    """The cores (one logical CPU per physical core, as vLLM's auto binding picks them) and
+    NUMA nodes this process may use, read with vLLM's own helpers."""
+    from vllm.utils import cpu_resource_utils
+
+    per_core: dict[int, int] = {}
+    for cpu in cpu_resource_utils.get_allowed_cpu_list():
+        per_core[cpu.physical_core] = max(cpu.id, per_core.get(cpu.physical_core, -1))
+    nodes = cpu_resource_utils.get_visible_memory_node()
+    return {"cores": tuple(sorted(per_core.values())), "numa_nodes": max(1, len(nodes))}
 
 
 def cpu_has_fp8_kv_cache() -> bool:

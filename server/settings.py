@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     distributed_executor_backend: Literal["mp", "ray"] | None = Field(
         None, description="vLLM's executor for several GPUs or nodes (ray: across nodes)"
     )
+    nnodes: int = Field(1, ge=1, description="Machines one model spans (vLLM's multi-node mp)")
+    node_rank: int = Field(
+        0, ge=0, description="This machine's rank: 0 serves HTTP, the others run engine workers"
+    )
+    master_addr: str | None = Field(None, description="Address of node 0 (multi-node)")
+    master_port: int | None = Field(None, ge=1, le=65535, description="Port on node 0")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU memory for vLLM")
     cpu_kv_cache_space_gib: float | None = Field(
         None, gt=0, description="KV cache size on the CPU build (VLLM_CPU_KVCACHE_SPACE)"
@@ -243,6 +249,14 @@ class Settings(BaseSettings):
         return init_settings, env_settings, YamlFileSource(settings_cls)
 
     @model_validator(mode="after")
+    def _check_nodes(self) -> "Settings":
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank ({self.node_rank}) must be below nnodes ({self.nnodes})")
+        if self.nnodes > 1 and not self.master_addr:
+            raise ValueError("nnodes > 1 needs master_addr, the address of node 0")
+        return self
+
+    @model_validator(mode="after")
     def _check_rope(self) -> "Settings":
         if self.yarn_beta_fast <= self.yarn_beta_slow:
             raise ValueError(
@@ -292,6 +306,10 @@ ENGINE_FIELDS = (
     "tensor_parallel_size",
     "pipeline_parallel_size",
     "distributed_executor_backend",
+    "nnodes",
+    "node_rank",
+    "master_addr",
+    "master_port",
     "gpu_memory_utilization",
     "max_num_seqs",
     "enable_chunked_prefill",

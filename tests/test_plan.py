@@ -188,3 +188,54 @@ def test_every_engine_setting_is_an_argument_of_vllms_engine(plain_checkpoint):
     settings = Settings(model=str(plain_checkpoint), max_num_batched_tokens=512)
     plan = build_plan(settings, source, tiny_config(), MACHINE)
     AsyncEngineArgs(**plan.engine_args)  # every key the plan writes is accepted
+
+
+# ------------------------------------------------------------ several processes, several nodes
+TWO_CORES = dataclasses.replace(MACHINE, cores=(0, 1), numa_nodes=1)
+
+
+@pytest.mark.parametrize(
+    ("parallel", "machine", "binding"),
+    [
+        ({"tensor_parallel_size": 2}, TWO_CORES, "0|1"),
+        ({"pipeline_parallel_size": 2}, TWO_CORES, "0|1"),
+        ({"tensor_parallel_size": 2}, dataclasses.replace(TWO_CORES, cores=(0, 2, 4, 6)),
+         "0,2|4,6"),
+        ({"tensor_parallel_size": 2, "pipeline_parallel_size": 2, "nnodes": 2,
+          "master_addr": "127.0.0.1"}, TWO_CORES, "0|1"),  # two ranks on each node
+        ({"tensor_parallel_size": 2}, dataclasses.replace(TWO_CORES, numa_nodes=2), None),
+        ({"tensor_parallel_size": 2}, dataclasses.replace(TWO_CORES, environ={
+            "VLLM_CPU_OMP_THREADS_BIND": "1|0"}), None),  # the user's own wins
+        ({"pipeline_parallel_size": 2, "nnodes": 2, "master_addr": "127.0.0.1"}, TWO_CORES, None),
+        ({}, TWO_CORES, None),
+    ],
+)  # fmt: skip
+def test_ranks_get_a_share_of_the_cores_when_vllms_auto_binding_would_fail(
+    parallel, machine, binding
+):
+    settings = Settings(model="org/tiny", **parallel)
+    plan = build_plan(settings, folder(), tiny_config(), machine)
+    assert plan.environment.get("VLLM_CPU_OMP_THREADS_BIND") == binding
+    for name, value in parallel.items():
+        assert plan.engine_args[name] == value
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"tensor_parallel_size": 4}, "4 engine ranks on this machine"),
+        ({"pipeline_parallel_size": 2, "enforce_eager": True}, "drop --enforce-eager"),
+        ({"distributed_executor_backend": "ray"}, "does not support Ray"),
+    ],
+)
+def test_parallel_settings_the_cpu_build_cannot_run_are_refused(fields, message):
+    settings = Settings(model="org/tiny", **fields)
+    with pytest.raises(ValueError, match=message):
+        build_plan(settings, folder(), tiny_config(), TWO_CORES)
+
+
+def test_node_settings_are_checked():
+    with pytest.raises(ValueError, match="node_rank"):
+        Settings(model="org/tiny", nnodes=2, node_rank=2, master_addr="127.0.0.1")
+    with pytest.raises(ValueError, match="needs master_addr"):
+        Settings(model="org/tiny", nnodes=2)
