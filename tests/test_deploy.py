@@ -164,9 +164,27 @@ def test_compose_file_is_valid(profile):
         assert server["environment"]["RESONANCE_ROPE_TYPE"] == "resonance_yarn"
 
 
+def test_compose_router_profile_puts_two_replicas_behind_vllm_router():
+    compose = DEPLOY / "compose" / "docker-compose.yml"
+    result = run(str(BIN / "docker-compose"), "-f", str(compose), "--profile", "router", "config")
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    assert {"replica-a", "replica-b", "router", "prometheus"} <= set(services)
+    command = services["router"]["command"]
+    workers = command[command.index("--worker-urls") + 1 : command.index("--policy")]
+    assert workers == ["http://replica-a:8000", "http://replica-b:8000"]
+    assert command[command.index("--policy") + 1] == "consistent_hash"
+    assert command[command.index("--health-check-interval-secs") + 1] == "2"
+    for name in ("replica-a", "replica-b"):
+        assert "ports" not in services[name] or not services[name]["ports"]
+        assert services[name]["networks"]["default"]["aliases"] == ["server"]
+        assert services[name]["shm_size"]
+    assert services["router"]["ports"][0]["target"] == 8000
+
+
 def test_dockerfiles_pass_hadolint():
     dockerfiles = sorted(str(p) for p in (DEPLOY / "docker").glob("Dockerfile.*"))
-    assert len(dockerfiles) == 2
+    assert len(dockerfiles) == 3
     result = run(str(BIN / "hadolint"), *dockerfiles)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -218,3 +236,33 @@ def test_engine_args_in_values_reach_the_server_as_vllm_arguments():
         "speculative_config": {
             "method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4},
     }  # fmt: skip
+
+
+def test_router_finds_the_server_pods_and_takes_the_ingress():
+    documents = render(values_of(DEPLOY / "helm" / "examples" / "router.yaml"))
+    by_kind = {}
+    for document in documents:
+        by_kind.setdefault(document["kind"], []).append(document)
+    server_deployment, router_deployment = sorted(
+        by_kind["Deployment"], key=lambda d: d["metadata"]["name"].endswith("-router")
+    )
+    (router,) = router_deployment["spec"]["template"]["spec"]["containers"]
+    args = router["args"]
+    pod_labels = server_deployment["spec"]["template"]["metadata"]["labels"]
+    selector = args[args.index("--selector") + 1 : args.index("--selector") + 3]
+    assert sorted(selector) == sorted(f"{k}={v}" for k, v in pod_labels.items())
+    assert "--policy=consistent_hash" in args and "--health-check-interval-secs=2" in args
+    router_labels = router_deployment["spec"]["template"]["metadata"]["labels"]
+    services = {s["metadata"]["name"]: s["spec"]["selector"] for s in by_kind["Service"]}
+    server_selector = services[server_deployment["metadata"]["name"]]
+    assert not server_selector.items() <= router_labels.items()  # the router is not a replica
+    assert services[router_deployment["metadata"]["name"]] == router_labels
+    (ingress,) = by_kind["Ingress"]
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"]
+    assert backend == router_deployment["metadata"]["name"]
+    (role,) = by_kind["Role"]
+    assert role["rules"][0]["resources"] == ["pods"] and "watch" in role["rules"][0]["verbs"]
+    assert (
+        router_deployment["spec"]["template"]["spec"]["serviceAccountName"]
+        == (by_kind["ServiceAccount"][0]["metadata"]["name"])
+    )

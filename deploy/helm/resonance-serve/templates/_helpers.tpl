@@ -37,3 +37,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{- define "resonance.routerName" -}}
+{{- printf "%s-router" (include "resonance.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Router pods carry their own name label, so the servers' Service never selects them. */}}
+{{- define "resonance.routerSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-router" (include "resonance.name" .) }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}

@@ -1,0 +1,115 @@
+"""Several engine processes through resonance-serve on the CPU build: tensor parallel 2,
+pipeline parallel 2, and pipeline parallel 2 across two "nodes" on the loopback interface.
+
+Each serves the plain tiny checkpoint as the session server does (resonance_yarn x4, float32)
+and must give the same prompt log-probabilities, /v1/models card and RoPE metric. No thread
+variable is set here (and any in the environment is removed): the server picks the binding.
+In float32 the parallel runs differ from one process only in summation order: measured, at
+most ~1e-6 nats; the bound is 1e-4 for any token (bfloat16 would differ by ~1e-2).
+"""
+
+import contextlib
+import subprocess
+
+import httpx
+import pytest
+
+from harness.servers import SERVER, RunningServer, free_port, stop_server
+from server.plan import BINDING_VARIABLES
+from tests.conftest import FACTOR, served
+from tests.test_lora import prompt_logprobs
+from tests.test_server_api import token_prompt
+
+pytestmark = pytest.mark.engine
+
+NAME = "tiny-parallel"
+NO_BINDING = dict.fromkeys(BINDING_VARIABLES)  # removed from the servers' environment
+
+
+def flags(checkpoint) -> list[str]:
+    return ["--model", str(checkpoint), "--served-model-name", NAME, "--rope-type",
+            "resonance_yarn", "--rope-factor", str(FACTOR), "--dtype", "float32"]  # fmt: skip
+
+
+@contextlib.contextmanager
+def parallel_server(checkpoint, tmp_path_factory, *extra: str):
+    log = tmp_path_factory.mktemp("parallel") / "server.log"
+    with served([*flags(checkpoint), *extra], log, env=NO_BINDING, timeout=600) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def worker_node(checkpoint, log, *extra: str):
+    """A node of rank 1: no HTTP, so started and stopped here rather than waited on."""
+    command = [*SERVER, *flags(checkpoint), *extra]
+    with log.open("w") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT,
+                                   start_new_session=True)  # fmt: skip
+    node = RunningServer("http://127.0.0.1:0", process, log)
+    try:
+        yield node
+    finally:
+        stop_server(node)
+
+
+@pytest.fixture(scope="module")
+def reference(plain_checkpoint, tmp_path_factory):
+    """One process, eager: what every parallel layout must reproduce."""
+    ids = token_prompt(900, salt=12)
+    with parallel_server(plain_checkpoint, tmp_path_factory, "--enforce-eager") as running:
+        yield ids, served_facts(running, ids)
+
+
+def served_facts(running: RunningServer, ids: list[int]) -> dict:
+    with httpx.Client(base_url=running.base_url, timeout=300) as http:
+        (card,) = http.get("/v1/models").json()["data"]
+        rope = [line for line in http.get("/metrics").text.splitlines()
+                if line.startswith("resonance_rope_info{")]  # fmt: skip
+        return {"logprobs": prompt_logprobs(http, NAME, ids), "card": card, "rope": rope}
+
+
+def assert_same(reference, running: RunningServer) -> None:
+    ids, expected = reference
+    got = served_facts(running, ids)
+    difference = (got["logprobs"] - expected["logprobs"]).abs()
+    print(f"\nparallel vs one process: mean {difference.mean():.1e}, max {difference.max():.1e}")
+    assert difference.max() < 1e-4
+    assert {**got["card"], "created": 0} == {**expected["card"], "created": 0}
+    assert got["rope"] == expected["rope"] and len(got["rope"]) == 1
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [["--tensor-parallel-size", "2", "--enforce-eager"], ["--pipeline-parallel-size", "2"]],
+    ids=["tensor-parallel-2", "pipeline-parallel-2"],
+)
+def test_one_host_several_processes_serve_what_one_process_does(
+    reference, plain_checkpoint, tmp_path_factory, layout
+):
+    with parallel_server(plain_checkpoint, tmp_path_factory, *layout) as running:
+        assert_same(reference, running)
+        assert "engine threads: VLLM_CPU_OMP_THREADS_BIND=0|1" in running.output()
+
+
+def test_pipeline_parallel_across_two_nodes_on_loopback(
+    reference, plain_checkpoint, tmp_path_factory
+):
+    nodes = ["--pipeline-parallel-size", "2", "--nnodes", "2", "--master-addr", "127.0.0.1",
+             "--master-port", str(free_port())]  # fmt: skip
+    log = tmp_path_factory.mktemp("node1") / "worker.log"
+    with (
+        worker_node(plain_checkpoint, log, *nodes, "--node-rank", "1") as worker,
+        parallel_server(plain_checkpoint, tmp_path_factory, *nodes) as leader,
+    ):
+        assert_same(reference, leader)
+        assert "node 0 of 2" in leader.output()
+    assert "node 1 of 2, engine workers" in worker.output()
+
+
+def test_eager_pipeline_parallel_is_refused_in_one_line(plain_checkpoint):
+    command = [*SERVER, *flags(plain_checkpoint), "--pipeline-parallel-size", "2",
+               "--enforce-eager"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("resonance-serve: error:")]
+    assert "drop --enforce-eager" in line and "Traceback" not in done.stderr
