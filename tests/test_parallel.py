@@ -4,8 +4,11 @@ pipeline parallel 2, and pipeline parallel 2 across two "nodes" on the loopback 
 Each serves the plain tiny checkpoint as the session server does (resonance_yarn x4, float32)
 and must give the same prompt log-probabilities, /v1/models card and RoPE metric. No thread
 variable is set here (and any in the environment is removed): the server picks the binding.
-In float32 the parallel runs differ from one process only in summation order: measured, at
-most ~1e-6 nats; the bound is 1e-4 for any token (bfloat16 would differ by ~1e-2).
+The reference is one eager process. In float32 the others differ only in summation order and
+kernels: measured, tensor parallel 2 (eager) mean 5.7e-6 and at most 6.0e-5 nats, pipeline
+parallel 2 (compiled, as it must be) mean 1.0e-5 and at most 1.9e-4. The bounds (mean 5e-5,
+any token 1e-3) leave room for that and none for another RoPE (more than 1e-2 past the 256
+trained positions); bfloat16 would differ by ~1e-2.
 """
 
 import contextlib
@@ -73,7 +76,7 @@ def assert_same(reference, running: RunningServer) -> None:
     got = served_facts(running, ids)
     difference = (got["logprobs"] - expected["logprobs"]).abs()
     print(f"\nparallel vs one process: mean {difference.mean():.1e}, max {difference.max():.1e}")
-    assert difference.max() < 1e-4
+    assert difference.mean() < 5e-5 and difference.max() < 1e-3
     assert {**got["card"], "created": 0} == {**expected["card"], "created": 0}
     assert got["rope"] == expected["rope"] and len(got["rope"]) == 1
 
