@@ -36,6 +36,7 @@ class Options:
     sessions: int = 0  # users of the long-document session workload (0: the sweep)
     turns: int = 3
     document_tokens: int = 8192
+    first_document: int = 0  # user N holds document first_document + N (other runs: others)
 
 
 def _builder(options: Options, client: httpx.Client) -> PromptBuilder:
@@ -69,7 +70,10 @@ async def run_session_load(options: Options) -> dict[str, Any]:
         builder = _builder(options, sync)
         async with client:
             result = await run_sessions(
-                client, options.model, plan, lambda user: builder.build(plan.document_tokens, user)
+                client,
+                options.model,
+                plan,
+                lambda user: builder.build(plan.document_tokens, options.first_document + user),
             )
     summary = {
         "base_url": options.base_url,

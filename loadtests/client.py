@@ -63,13 +63,14 @@ async def send(
     body: dict[str, Any],
     record: RequestRecord,
     collect: list[str] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> RequestRecord:
     """Send one request and fill ``record`` from its stream (its text into ``collect``)."""
     path = "/v1/chat/completions" if endpoint == "chat" else "/v1/completions"
     start = time.perf_counter()
     last = None
     try:
-        async with client.stream("POST", path, json=body) as response:
+        async with client.stream("POST", path, json=body, headers=headers) as response:
             if response.status_code != 200:
                 await response.aread()
                 record.error_kind = f"http_{response.status_code}"

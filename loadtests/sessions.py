@@ -6,7 +6,9 @@ questions and the answers the server gave) and one more question, as a chat clie
 of one user go one after another, users at once. What a server gains from its prefix cache
 shows in the follow-ups: their time to first token, and the share of their prompt tokens it
 served from the cache (``usage.prompt_tokens_details.cached_tokens`` where the server gives it;
-else, for the whole run, from vLLM's ``vllm:prefix_cache_hits`` / ``queries`` metrics).
+else, for the whole run, from vLLM's ``vllm:prefix_cache_hits`` / ``queries`` metrics). Every
+turn of a user carries the header ``X-Session-ID: user-N``, by which a router with session
+affinity (vllm-router's ``consistent_hash``) keeps the conversation on one replica.
 """
 
 import asyncio
@@ -66,7 +68,8 @@ async def run_user(
         )
         answer: list[str] = []
         body = turn_body(model, history, plan.output_tokens)
-        records.append(await send(client, "chat", body, record, collect=answer))
+        session = {"X-Session-ID": f"user-{user}"}
+        records.append(await send(client, "chat", body, record, collect=answer, headers=session))
         progress.update()
         if not record.ok:
             break  # the conversation cannot go on without the answer
