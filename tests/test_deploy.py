@@ -56,12 +56,25 @@ def test_chart_lints_clean():
 def test_every_rendered_manifest_is_valid_kubernetes(example):
     documents = render(values_of(example))
     kinds = {d["kind"] for d in documents}
-    assert {"Deployment", "Service", "Secret", "PodDisruptionBudget"} <= kinds
+    assert {"Service", "Secret", "PodDisruptionBudget"} <= kinds
+    assert len(kinds & {"Deployment", "LeaderWorkerSet"}) == 1
     for document in documents:
         if document["kind"] == "ServiceMonitor":  # a Prometheus-operator CRD, not core
             assert document["apiVersion"] == "monitoring.coreos.com/v1"
             continue
+        if document["kind"] == "LeaderWorkerSet":  # a CRD: its pod templates are core
+            assert document["apiVersion"] == "leaderworkerset.x-k8s.io/v1"
+            for template in lws_templates(document).values():
+                pod_template = {"apiVersion": "v1", "kind": "PodTemplate",
+                                "metadata": {"name": "t"}, "template": template}  # fmt: skip
+                kubernetes_validate.validate(pod_template, KUBERNETES_VERSION, strict=True)
+            continue
         kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+
+
+def lws_templates(document: dict) -> dict[str, dict]:
+    group = document["spec"]["leaderWorkerTemplate"]
+    return {"leader": group["leaderTemplate"], "worker": group["workerTemplate"]}
 
 
 def test_everything_on_renders_every_optional_part():
@@ -266,3 +279,27 @@ def test_router_finds_the_server_pods_and_takes_the_ingress():
         router_deployment["spec"]["template"]["spec"]["serviceAccountName"]
         == (by_kind["ServiceAccount"][0]["metadata"]["name"])
     )
+
+
+def test_multinode_lws_runs_node_0_on_the_leader_and_the_others_on_the_workers():
+    documents = render(values_of(DEPLOY / "helm" / "examples" / "multinode-lws.yaml"))
+    kinds = [d["kind"] for d in documents]
+    assert "Deployment" not in kinds and "HorizontalPodAutoscaler" not in kinds
+    (lws,) = [d for d in documents if d["kind"] == "LeaderWorkerSet"]
+    assert lws["spec"]["leaderWorkerTemplate"]["size"] == 2
+    (service,) = [d for d in documents if d["kind"] == "Service"]
+    selector = service["spec"]["selector"].items()
+    for role, template in lws_templates(lws).items():
+        (pod,) = template["spec"]["containers"]
+        # what the LeaderWorkerSet controller puts into each pod's environment
+        index = "0" if role == "leader" else "1"
+        args = [a.replace("$(LWS_WORKER_INDEX)", index)
+                 .replace("$(LWS_LEADER_ADDRESS)", "rs-0.rs.llm") for a in pod["args"]]  # fmt: skip
+        settings = load_settings(args)
+        assert (settings.nnodes, settings.node_rank) == (2, int(index))
+        assert settings.master_addr == "rs-0.rs.llm" and settings.master_port == 29501
+        assert (settings.tensor_parallel_size, settings.pipeline_parallel_size) == (8, 2)
+        assert settings.rope_type == "resonance_yarn"
+        serves = selector <= template["metadata"]["labels"].items()
+        assert serves == (role == "leader")  # only the leader is behind the Service
+        assert ("readinessProbe" in pod) == (role == "leader")
