@@ -4,8 +4,10 @@ with resonance_dynamic, so the served log-probabilities of that type are checked
 
 import json
 import re
+import shutil
 import signal
 import socket
+import subprocess
 import time
 
 import httpx
@@ -17,6 +19,7 @@ import torch
 
 import rope_plugins
 from harness.client import metric, sse_data
+from harness.servers import SERVER, free_port
 from tests import reference as ref
 from tests.conftest import FACTOR, ORIGINAL_CONTEXT, SERVED_CONTEXT, start_server, stop_server
 
@@ -232,3 +235,37 @@ def test_dead_engine_fails_health_and_exits_non_zero(fragile_server):
     # The server notices, stops answering health checks and exits so that it is restarted.
     assert fragile_server.process.wait(30) not in (0, None)
     assert "the engine died; exiting so that the server is restarted" in fragile_server.output()
+
+
+def test_an_engine_that_fails_to_start_exits_the_server_non_zero_within_30_s(
+    plain_checkpoint, tmp_path
+):
+    """Weights cut in half: vLLM's worker process fails while loading them. From the first
+    error the engine logs to the server's exit: measured about 12 s."""
+    broken = tmp_path / "broken"
+    shutil.copytree(plain_checkpoint, broken)
+    weights = broken / "model.safetensors"
+    with weights.open("r+b") as handle:
+        handle.truncate(weights.stat().st_size // 2)
+    log = tmp_path / "server.log"
+    command = [*SERVER, "--model", str(broken), "--enforce-eager", "--port", str(free_port())]
+    with log.open("w") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
+    failed_at = None
+    try:
+        deadline = time.monotonic() + 600
+        while process.poll() is None and time.monotonic() < deadline:
+            if failed_at is None and " ERROR " in log.read_text(errors="replace"):
+                failed_at = time.monotonic()
+            if failed_at is not None and time.monotonic() - failed_at > 30:
+                break
+            time.sleep(0.2)
+    finally:
+        still_running = process.poll() is None
+        process.kill()
+        process.wait()
+    assert failed_at is not None, log.read_text()[-2000:]
+    assert not still_running, "the server did not exit within 30 s of the engine's failure"
+    assert process.returncode != 0
+    last = log.read_text().strip().splitlines()[-1]
+    assert last.startswith("resonance-serve: error:")
