@@ -1,10 +1,13 @@
-"""Shared by the generation endpoints: admit, prepare, run on the engine, answer or stream.
+"""Shared by the generation routes: admit, run on the engine, frame the stream.
 
-An endpoint (`server.routes.completions`, `server.routes.chat`) says how its request becomes
-a `Job` and how engine outputs become its response; this module does the rest the same way
-for both: admission before tokenization, fan-out of one engine request per prompt, the
-request deadline (which also bounds a client that stops reading), aborts, and the one
-skeleton of a server-sent event stream with its error events.
+A route (`server.routes.completions`, `server.routes.chat`) drives its request in one
+direction: ``Executor.admit`` (model, limits, admission before tokenization), its own
+preparation of a `Job`, ``Executor.start`` (tokens charged, constraint checked), then the
+engine's outputs from ``Executor.whole`` or ``Executor.outputs``, which it turns into its
+response; a stream goes back out through ``Executor.stream``, the one skeleton of a
+server-sent event stream (usage, errors as events, ``[DONE]``) with the request deadline (which
+also bounds a client that stops reading). Fan-out (one engine request per prompt) and aborts
+are here too.
 """
 
 import asyncio
@@ -12,12 +15,11 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from fastapi import Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 from vllm import SamplingParams
 from vllm.lora.request import LoRARequest
@@ -97,20 +99,12 @@ class Job:
         return sum(self.n * (len(p.token_ids) + self.params.max_tokens) for p in self.prompts)
 
 
-class Endpoint(Protocol):
-    """What a generation endpoint supplies; the rest is `Executor.serve`."""
+@dataclass(frozen=True)
+class Admitted:
+    """A request let in: the adapter it names (None: the base model) and its admission."""
 
-    def prompt_count(self, request: Any) -> int: ...
-
-    async def prepare(self, request: Any) -> Job: ...
-
-    def whole(self, job: Job, outputs: list[RequestOutput]) -> dict[str, Any]: ...
-
-    def preamble(self, job: Job) -> dict[str, Any] | None: ...
-
-    def chunk(
-        self, job: Job, prompt_index: int, output: RequestOutput
-    ) -> dict[str, Any] | None: ...
+    lora: LoRARequest | None
+    ticket: Ticket
 
 
 class Executor:
@@ -143,33 +137,25 @@ class Executor:
             )
         return adapter.request
 
-    async def serve(
-        self, endpoint: Endpoint, request: SamplingRequest, raw_request: Request
-    ) -> Response:
-        """Check, admit (before any tokenization), prepare, charge the tokens, run.
+    def admit(self, request: SamplingRequest, prompts: int, scope: Scope) -> Admitted:
+        """Model, limits and admission, before any tokenization (``prompts``: how many).
 
         A request no server could run is a 400; one this server cannot run now, a 429.
         """
         lora = self.check_model(request.model)
-        prompts = endpoint.prompt_count(request)
         check_request(request, prompts, self.limits)
         ticket = self.admission.admit(request.n * prompts)
-        RequestContext.of(raw_request.scope).cleanups.append(ticket.release)
-        job = await endpoint.prepare(request)
+        RequestContext.of(scope).cleanups.append(ticket.release)
+        return Admitted(lora, ticket)
+
+    async def start(self, admitted: Admitted, job: Job, request: SamplingRequest) -> None:
+        """The prepared job's tokens charged, its constraint checked."""
+        lora = admitted.lora
         job.model, job.lora = (lora.lora_name if lora else self.model), lora
         self.metrics.model_requests.labels(model=job.model).inc()
-        ticket.charge(job.tokens)
+        admitted.ticket.charge(job.tokens)
         if job.params.structured_outputs is not None:
             await self._check_constraint(job, _constraint_param(request))
-        if job.stream:
-            return DeadlineStreamingResponse(
-                self._event_stream(endpoint, job, raw_request.scope),
-                deadline=self._deadline_at(),
-                on_expiry=lambda: self._expire(job),
-                media_type="text/event-stream",
-                headers=SSE_HEADERS,
-            )
-        return JSONResponse(endpoint.whole(job, await self._final_outputs(job, ticket)))
 
     async def _check_constraint(self, job: Job, param: str) -> None:
         try:
@@ -231,7 +217,8 @@ class Executor:
             headers=NO_RETRY,
         )
 
-    async def _final_outputs(self, job: Job, ticket: Ticket) -> list[RequestOutput]:
+    async def whole(self, job: Job) -> list[RequestOutput]:
+        """Each prompt's final output, within the request deadline."""
         finals: list[RequestOutput | None] = [None] * len(job.prompts)
         try:
             with self._deadline(job):
@@ -243,26 +230,54 @@ class Executor:
             raise self._timed_out()
         return [f for f in finals if f is not None]
 
+    async def outputs(self, job: Job) -> AsyncIterator[tuple[int, RequestOutput]]:
+        """(prompt index, output) as the engine streams them, counted for usage, within the
+        request deadline (past it: the request's 504 error)."""
+        with self._deadline(job):
+            async for i, output in self._streams(job):
+                if job.expired:
+                    raise self._timed_out()
+                job.record(i, output)
+                yield i, output
+        if job.expired:
+            raise self._timed_out()
+
     # ----------------------------------------------------------------- streams
-    async def _event_stream(self, endpoint: Endpoint, job: Job, scope: Scope):
+    def stream(
+        self,
+        job: Job,
+        chunks: AsyncGenerator[dict[str, Any] | None],
+        scope: Scope,
+        preamble: dict[str, Any] | None = None,
+    ) -> Response:
+        """The response of a streamed job: ``preamble``, then each chunk the route made of
+        `outputs` (None: nothing new, a step of chunked prefill, not sent, as vLLM sends none)."""
+        return DeadlineStreamingResponse(
+            self._event_stream(job, chunks, scope, preamble),
+            deadline=self._deadline_at(),
+            on_expiry=lambda: self._expire(job),
+            media_type="text/event-stream",
+            headers=SSE_HEADERS,
+        )
+
+    async def _event_stream(
+        self,
+        job: Job,
+        chunks: AsyncGenerator[dict[str, Any] | None],
+        scope: Scope,
+        preamble: dict[str, Any] | None,
+    ) -> AsyncIterator[str]:
         """The one stream skeleton: preamble, chunks, usage, [DONE]; failures as an event."""
-        preamble = endpoint.preamble(job)
         if preamble is not None:
             yield r.sse(preamble)
         try:
-            with self._deadline(job):
-                async for i, output in self._streams(job):
-                    if job.expired:
-                        raise self._timed_out()
-                    job.record(i, output)
-                    chunk = endpoint.chunk(job, i, output)
+            async with contextlib.aclosing(chunks):  # a client gone closes the engine's side now
+                async for chunk in chunks:
                     if chunk is None:
-                        continue  # nothing new (a step of chunked prefill): vLLM sends none
+                        continue
                     if job.continuous_usage:
                         chunk["usage"] = job.usage()
                     yield r.sse(chunk)
-            if job.expired:
-                raise self._timed_out()
         except Exception as error:
             failure = as_api_error(error)
             RequestContext.of(scope).status = failure.status

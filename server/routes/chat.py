@@ -3,7 +3,7 @@
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from vllm.entrypoints.serve.utils.api_utils import with_cancellation
 from vllm.outputs import CompletionOutput, RequestOutput
 
@@ -23,9 +23,6 @@ class Chat:
     def __init__(self, services: Services) -> None:
         self.s = services
         self.tools: ToolCalls | None = None
-
-    def prompt_count(self, request: ChatCompletionRequest) -> int:
-        return 1
 
     async def prepare(self, request: ChatCompletionRequest) -> Job:
         messages = [template_message(m) for m in request.messages]
@@ -141,4 +138,11 @@ def _finish_reason(completion: CompletionOutput, called: bool) -> str | None:
 async def chat_completions(
     request: ChatCompletionRequest, raw_request: Request, s: Shared
 ) -> Response:
-    return await s.executor.serve(Chat(s), request, raw_request)
+    endpoint = Chat(s)
+    admitted = s.executor.admit(request, 1, raw_request.scope)
+    job = await endpoint.prepare(request)
+    await s.executor.start(admitted, job, request)
+    if job.stream:
+        chunks = (endpoint.chunk(job, i, output) async for i, output in s.executor.outputs(job))
+        return s.executor.stream(job, chunks, raw_request.scope, endpoint.preamble(job))
+    return JSONResponse(endpoint.whole(job, await s.executor.whole(job)))

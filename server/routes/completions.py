@@ -3,7 +3,7 @@
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from vllm.entrypoints.serve.utils.api_utils import with_cancellation
 from vllm.outputs import CompletionOutput, RequestOutput
 
@@ -80,9 +80,6 @@ class Completions:
         body = r.envelope(job.request_id, "text_completion", job.model, job.created)
         return body | {"choices": choices, "usage": r.outputs_usage(job.prompt_tokens, outputs)}
 
-    def preamble(self, job: Job) -> None:
-        return None
-
     def chunk(self, job: Job, prompt_index: int, output: RequestOutput) -> dict[str, Any] | None:
         choices = []
         for completion in output.outputs:
@@ -146,4 +143,11 @@ class Completions:
 )
 @with_cancellation
 async def completions(request: CompletionRequest, raw_request: Request, s: Shared) -> Response:
-    return await s.executor.serve(Completions(s), request, raw_request)
+    endpoint = Completions(s)
+    admitted = s.executor.admit(request, endpoint.prompt_count(request), raw_request.scope)
+    job = await endpoint.prepare(request)
+    await s.executor.start(admitted, job, request)
+    if job.stream:
+        chunks = (endpoint.chunk(job, i, output) async for i, output in s.executor.outputs(job))
+        return s.executor.stream(job, chunks, raw_request.scope)
+    return JSONResponse(endpoint.whole(job, await s.executor.whole(job)))
