@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.long_context_quality import resonance_eval
-from harness.servers import SERVER, free_port, serving
+from harness.servers import ONE_CORE, SERVER, free_port, serving
 
 PRETRAIN_CONTEXT, FINETUNE_LENGTH, FACTOR = 256, 1024, 8
 SERVED = PRETRAIN_CONTEXT * FACTOR
@@ -173,7 +173,7 @@ def scored(row: str, seed: int | None, checkpoint: Path, flags: list[str], out: 
                    *flags]  # fmt: skip
         log = out / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        with serving(command, port, log, timeout=900) as server:
+        with serving(command, port, log, env=ONE_CORE, timeout=900) as server:
             resonance_eval(["perplexity", "--base-url", server.base_url, "--model", "model",
                             "--lengths", str(EVAL_LENGTH), "--bucket", str(BUCKET),
                             "--jsonl", str(out / "corpus" / "eval.jsonl"), "--label", name,

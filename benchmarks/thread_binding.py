@@ -1,10 +1,12 @@
-"""Where the CPU build's engine threads run: vLLM's default binding against every core.
+"""Where the CPU build's engine threads run: vLLM's ``auto`` binding against every core.
 
-vLLM's ``auto`` binding on x86 reserves cores for its scheduler process (one per rank), so on a
-2-core machine the one model worker computes on one core. The other setting binds its threads
-to every core this process may use. The demo, one server per run, settings alternating
-(A B A B A B): each run sends ``--prompts`` prompts of ``--tokens`` tokens (fresh ones, so
-nothing is cached) with one output token, one at a time, after one warm-up request.
+vLLM's ``auto`` binding (its default) on x86 reserves cores for its scheduler process (one per
+rank), so on a 2-core machine the one model worker computes on one core. The other setting
+binds its threads to every core this process may use (the server's default since this
+measurement). Both are set explicitly as VLLM_CPU_OMP_THREADS_BIND. The demo, one server per
+run, settings alternating (A B A B A B): each run sends ``--prompts`` prompts of ``--tokens``
+tokens (fresh ones, so nothing is cached) with one output token, one at a time, after one
+warm-up request.
 
     python -m benchmarks.thread_binding [--tokens 2000] [--runs 3] [--prompts 2]
 """
@@ -33,7 +35,7 @@ def prefill_seconds(base_url: str, tokens: int, salt: int) -> float:
     return time.perf_counter() - started
 
 
-def run(binding: str | None, args, salt: int, log: Path) -> list[float]:
+def run(binding: str, args, salt: int, log: Path) -> list[float]:
     port = free_port()
     command = [*SERVER, "--port", str(port), "--enforce-eager", "--max-model-len", "4096",
                "--no-enable-prefix-caching"]  # fmt: skip
@@ -50,7 +52,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=2)
     args = parser.parse_args()
     every_core = ",".join(map(str, sorted(os.sched_getaffinity(0))))
-    settings = {"vLLM default (auto)": None, f"every core ({every_core})": every_core}
+    settings = {"vLLM's auto": "auto", f"every core ({every_core})": every_core}
     seconds: dict[str, list[float]] = {name: [] for name in settings}
     with tempfile.TemporaryDirectory() as tmp:
         for run_index in range(args.runs):

@@ -295,16 +295,18 @@ def check_parallel(settings: Settings, platform: Platform) -> None:
 
 
 def thread_binding(settings: Settings, platform: Platform) -> dict[str, str]:
-    """VLLM_CPU_OMP_THREADS_BIND for the CPU build's ranks on this machine, when needed.
+    """VLLM_CPU_OMP_THREADS_BIND for the CPU build's ranks on this machine.
 
-    vLLM's ``auto`` gives each local rank a NUMA node of its own, so tensor or pipeline
-    parallel on a machine with fewer nodes than ranks fails at start; then the cores are split
-    here into one contiguous, equal share per rank. A user's own binding always wins.
+    One rank: every core. vLLM's ``auto`` keeps one core per rank for its scheduler process,
+    which on a 2-core machine halves the cores a prefill runs on (docs/RESULTS.md section 14:
+    every core prefills 2000 tokens about 1.6x sooner). Several ranks: ``auto`` gives each a
+    NUMA node of its own and fails at start on a machine with fewer nodes; then the cores are
+    split into one contiguous, equal share per rank. A user's own binding always wins.
     """
     ranks = settings.tensor_parallel_size * settings.pipeline_parallel_size // settings.nnodes
-    if not platform.cpu or ranks <= 1 or platform.numa_nodes >= ranks:
+    if not platform.cpu or any(name in platform.environ for name in BINDING_VARIABLES):
         return {}
-    if any(name in platform.environ for name in BINDING_VARIABLES):
+    if ranks > 1 and platform.numa_nodes >= ranks:
         return {}
     if len(platform.cores) < ranks:
         raise ValueError(

@@ -206,13 +206,13 @@ TWO_CORES = dataclasses.replace(MACHINE, cores=(0, 1), numa_nodes=1)
         ({"tensor_parallel_size": 2}, dataclasses.replace(TWO_CORES, numa_nodes=2), None),
         ({"tensor_parallel_size": 2}, dataclasses.replace(TWO_CORES, environ={
             "VLLM_CPU_OMP_THREADS_BIND": "1|0"}), None),  # the user's own wins
-        ({"pipeline_parallel_size": 2, "nnodes": 2, "master_addr": "127.0.0.1"}, TWO_CORES, None),
-        ({}, TWO_CORES, None),
+        ({"pipeline_parallel_size": 2, "nnodes": 2, "master_addr": "127.0.0.1"}, TWO_CORES,
+         "0,1"),  # one rank on each node: every core, as one process
+        ({}, TWO_CORES, "0,1"),
+        ({}, dataclasses.replace(TWO_CORES, environ={"VLLM_CPU_OMP_THREADS_BIND": "auto"}), None),
     ],
 )  # fmt: skip
-def test_ranks_get_a_share_of_the_cores_when_vllms_auto_binding_would_fail(
-    parallel, machine, binding
-):
+def test_engine_threads_bind_to_every_core_split_among_the_ranks(parallel, machine, binding):
     settings = Settings(model="org/tiny", **parallel)
     plan = build_plan(settings, folder(), tiny_config(), machine)
     assert plan.environment.get("VLLM_CPU_OMP_THREADS_BIND") == binding

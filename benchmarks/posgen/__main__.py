@@ -17,7 +17,7 @@ from typing import Any
 from benchmarks.posgen import model as posgen_model
 from benchmarks.posgen import report, scoring, tasks, training
 from harness.client import comma_list
-from harness.servers import SERVER, free_port, serving
+from harness.servers import ONE_CORE, SERVER, free_port, serving
 
 # The authors' YaRN ramp for these short sequences: with YaRN's LLM default (beta_fast 32) every
 # dimension of a 64-token context would be interpolated.
@@ -85,7 +85,7 @@ def scored_row(
     log = out / "logs" / f"{result_file.stem}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     command = serve_command(checkpoint, served, port, layout)
-    with serving(command, port, log, timeout=600) as server:
+    with serving(command, port, log, env=ONE_CORE, timeout=600) as server:
         startup = time.monotonic() - started
         with tqdm(total=len(test), desc=f"score {row}", unit="seq", leave=False) as bar:
             marks = scoring.score(server.base_url, "posgen", test, bar)
