@@ -299,7 +299,7 @@ def thread_binding(settings: Settings, platform: Platform) -> dict[str, str]:
 
     One rank: every core. vLLM's ``auto`` keeps one core per rank for its scheduler process,
     which on a 2-core machine halves the cores a prefill runs on (docs/RESULTS.md section 14:
-    every core prefills 2000 tokens about 1.6x sooner). Several ranks: ``auto`` gives each a
+    every core prefills 2000 tokens in 0.53x the time). Several ranks: ``auto`` gives each a
     NUMA node of its own and fails at start on a machine with fewer nodes; then the cores are
     split into one contiguous, equal share per rank. A user's own binding always wins.
     """
