@@ -304,7 +304,9 @@ def thread_binding(settings: Settings, platform: Platform) -> dict[str, str]:
     split into one contiguous, equal share per rank. A user's own binding always wins.
     """
     ranks = settings.tensor_parallel_size * settings.pipeline_parallel_size // settings.nnodes
-    if not platform.cpu or any(name in platform.environ for name in BINDING_VARIABLES):
+    if not platform.cpu or not platform.cores:  # (cores unknown: vLLM decides)
+        return {}
+    if any(name in platform.environ for name in BINDING_VARIABLES):
         return {}
     if ranks > 1 and platform.numa_nodes >= ranks:
         return {}
