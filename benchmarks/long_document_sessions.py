@@ -17,7 +17,7 @@ from pathlib import Path
 
 from harness.servers import SERVER, free_port, serving
 from loadtests.api import Options, run_session_load
-from loadtests.sessions import print_sessions
+from loadtests.sessions import report_runs
 
 MODEL = "smollm2-135m-instruct"
 TRAINED, FACTOR = 8192, 4
@@ -65,12 +65,7 @@ def main() -> None:
                     document_tokens=args.document_tokens, out=None,
                 )  # fmt: skip
                 results[label] = asyncio.run(run_session_load(options))
-    for label, summary in results.items():
-        print(f"\n### {label}")
-        print_sessions(summary)
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "sessions.json").write_text(json.dumps(results, indent=2))
+    report_runs(results, args.out, "sessions.json")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ Figures: the follow-ups' time to first token and the share of their prompt serve
 import argparse
 import asyncio
 import concurrent.futures
-import json
 import os
 import shutil
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from harness.servers import SERVER, free_port, serving, start_server, stop_server
 from loadtests.api import Options, run_session_load
-from loadtests.sessions import print_sessions
+from loadtests.sessions import report_runs
 from server.plan import THREADS_BIND
 
 MODEL = "smollm2-135m-instruct"
@@ -75,12 +74,8 @@ def main() -> None:
         finally:
             for server in replicas:
                 stop_server(server)
-    for policy, summary in results.items():
-        print(f"\n### vllm-router --policy {policy}, two replicas")
-        print_sessions(summary)
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "router_sessions.json").write_text(json.dumps(results, indent=2))
+    labelled = {f"vllm-router --policy {p}, two replicas": s for p, s in results.items()}
+    report_runs(labelled, args.out, "router_sessions.json")
 
 
 if __name__ == "__main__":

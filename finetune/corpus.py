@@ -22,7 +22,6 @@ class Corpus:
     held_out: list[list[int]]  # full sequences, or one shorter when the held-out text is short
     documents: int
     held_out_documents: int
-    tokens: int
 
 
 def _files(paths: Iterable[Path]) -> Iterator[Path]:
@@ -111,5 +110,4 @@ def build_corpus(
         held_out=held_out,
         documents=len(documents),
         held_out_documents=len(held_docs),
-        tokens=len(train_stream) + len(held_stream),
     )

@@ -12,9 +12,11 @@ affinity (vllm-router's ``consistent_hash``) keeps the conversation on one repli
 """
 
 import asyncio
+import json
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -170,3 +172,13 @@ def print_sessions(summary: dict[str, Any]) -> None:
         )
     if summary.get("server_cache_share") is not None:
         print(f"prefix-cache hits / queries on the server: {summary['server_cache_share']:.1%}")
+
+
+def report_runs(results: dict[str, dict[str, Any]], out: Path | None, name: str) -> None:
+    """Each labelled run's table; all of them as ``out/name`` when ``out`` is given."""
+    for label, summary in results.items():
+        print(f"\n### {label}")
+        print_sessions(summary)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(json.dumps(results, indent=2))
