@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: install promtool test lint serve bench
+.PHONY: install promtool podman test test-deploy lint serve bench
 
 install: $(STAMP)
 
@@ -30,6 +30,21 @@ test: $(STAMP) promtool
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/python -m pytest -q
+
+# The deployment run for real (deploy/tests): the CPU image built from deploy/docker/Dockerfile.cpu
+# and run, then the compose file's CPU profile with Prometheus. podman from Debian's packages; the
+# base images made locally from Debian's archive (deploy/podman/base-images.sh), so no container
+# registry is needed. About 15 minutes the first time on 2 cores.
+test-deploy: export CONTAINERS_CONF := $(CURDIR)/deploy/podman/containers.conf
+test-deploy: export CONTAINERS_REGISTRIES_CONF := $(CURDIR)/deploy/podman/registries.conf
+test-deploy: $(STAMP) podman
+	deploy/podman/base-images.sh
+	$(VENV)/bin/python -m pytest -q -s -p no:cacheprovider deploy/tests
+
+podman:
+	@command -v podman >/dev/null && command -v mmdebstrap >/dev/null || { apt-get update -qq && \
+		apt-get install -y -qq podman runc mmdebstrap uidmap fuse-overlayfs slirp4netns >/dev/null; } || \
+		{ echo "install podman and mmdebstrap (Debian/Ubuntu packages) and run make again"; exit 1; }
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import helm_python as helm
@@ -200,6 +201,18 @@ def test_dockerfiles_pass_hadolint():
     assert len(dockerfiles) == 3
     result = run(str(BIN / "hadolint"), *dockerfiles)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.cpu", "Dockerfile.cuda"])
+def test_server_images_copy_every_package_the_install_names(dockerfile):
+    """A package left out installs nothing, and the commands that import it fail in the image."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    named = {
+        name.rstrip("*") for name in project["tool"]["setuptools"]["packages"]["find"]["include"]
+    }
+    text = (DEPLOY / "docker" / dockerfile).read_text()
+    copied = set(re.findall(r"^COPY (\w+) \./\1$", text, re.MULTILINE))
+    assert copied == named
 
 
 def test_prometheus_config_and_rules_pass_promtool():
