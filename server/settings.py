@@ -208,9 +208,10 @@ class Settings(BaseSettings):
     @field_validator("tool_call_parser")
     @classmethod
     def _known_parser(cls, value: str | None) -> str | None:
-        from server.tools import parser_class
+        if value is not None:  # vLLM's parsers are imported only when one is asked for (15 s)
+            from server.tools import parser_class
 
-        parser_class(value)  # a one-line error naming vLLM's parsers
+            parser_class(value)  # a one-line error naming vLLM's parsers
         return value
 
     @field_validator("model")

@@ -45,6 +45,29 @@ def test_a_model_that_does_not_exist_is_one_line_and_a_non_zero_exit(cpu_image):
     assert done.stderr.strip().splitlines()[-1].startswith("resonance-serve: error:")
 
 
+def test_an_engine_that_fails_at_start_stops_the_container_non_zero_within_30_s(cpu_image):
+    """A container's default 64 MB of /dev/shm: vLLM's engine process fails at start."""
+    name = "resonance-test-small-shm"
+    podman("rm", "--force", "--ignore", name)
+    podman("run", "--detach", "--name", name, cpu_image)
+    try:
+        failed_at = None
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if podman("inspect", "--format", "{{.State.Status}}", name).strip() == "exited":
+                break
+            if failed_at is None and " ERROR " in podman("logs", name):  # vLLM logs to stdout
+                failed_at = time.monotonic()
+            assert failed_at is None or time.monotonic() - failed_at < 30, "still running"
+            time.sleep(0.5)
+        assert podman("inspect", "--format", "{{.State.ExitCode}}", name).strip() != "0"
+        errors = podman_result("logs", name).stderr
+        assert errors.strip().splitlines()[-1].startswith("resonance-serve: error:")
+        assert "Insufficient space in /dev/shm" in errors
+    finally:
+        podman("rm", "--force", "--ignore", name)
+
+
 def test_the_readme_chat_example_answers_as_documented(container):
     _, base_url = container
     body = {
