@@ -1,5 +1,6 @@
-"""The CPU image run as the README runs it: the demo served, the README's examples answered, a
-structured output (xgrammar without triton), a SIGTERM that drains and exits 0."""
+"""The CPU image: what it holds, how it fails (a bad setting, an engine that cannot start), and run
+as the README runs it: the README's examples answered, a structured output (xgrammar without
+triton), a SIGTERM that drains and exits 0."""
 
 import json
 import threading
