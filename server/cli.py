@@ -4,6 +4,7 @@ import asyncio
 import gc
 import logging
 import signal
+import socket
 import sys
 import time
 
@@ -121,6 +122,20 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
+def bound_socket(host: str, port: int) -> socket.socket:
+    """The HTTP port, bound before the engine starts (as vLLM's own server does): a port in use
+    is refused at once, not after the engine's start, and the ports the engine asks the kernel
+    for can never be this one."""
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as error:
+        listener.close()
+        raise OSError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    return listener
+
+
 async def serve(settings: Settings) -> int:
     from server.app import create_app
     from server.connections import guarded_protocol
@@ -131,37 +146,38 @@ async def serve(settings: Settings) -> int:
 
     state = ServerState(api_keys=[key_digest(key) for key in settings.accepted_api_keys()])
     plan = make_plan(settings)  # every check that needs no engine, before it starts
-    metrics = Metrics(plan.info.max_model_len)
-    engine = Engine(plan, metrics, settings.structured_output_timeout)
-    try:
-        app = create_app(engine, plan, settings, state, metrics)
-        adapters = app.state.services.adapters
-        for name, path in plan.lora_modules.items():
-            try:
-                await adapters.load(name, path)
-            except APIError as error:
-                raise ValueError(f"lora_modules: {name}: {error.message}") from None
-        protocol = guarded_protocol(
-            settings.header_timeout, settings.body_timeout, settings.max_connections
-        )
-        config = uvicorn.Config(
-            app,
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level,
-            http=protocol,
-        )
-        server = DrainingServer(config, state, engine, settings.drain_timeout)
-        # Millions of objects of the loaded libraries would make every full garbage
-        # collection stall the event loop for a second or more: exempt them from it.
-        gc.collect()
-        gc.freeze()
-        gc.callbacks.append(_log_slow_collections)
-        print(_banner(settings, engine, plan), flush=True)
-        await server.serve()
-        return server.exit_code
-    finally:
-        engine.shutdown()
+    with bound_socket(settings.host, settings.port) as listener:
+        metrics = Metrics(plan.info.max_model_len)
+        engine = Engine(plan, metrics, settings.structured_output_timeout)
+        try:
+            app = create_app(engine, plan, settings, state, metrics)
+            adapters = app.state.services.adapters
+            for name, path in plan.lora_modules.items():
+                try:
+                    await adapters.load(name, path)
+                except APIError as error:
+                    raise ValueError(f"lora_modules: {name}: {error.message}") from None
+            protocol = guarded_protocol(
+                settings.header_timeout, settings.body_timeout, settings.max_connections
+            )
+            config = uvicorn.Config(
+                app,
+                host=settings.host,
+                port=settings.port,
+                log_level=settings.log_level,
+                http=protocol,
+            )
+            server = DrainingServer(config, state, engine, settings.drain_timeout)
+            # Millions of objects of the loaded libraries would make every full garbage
+            # collection stall the event loop for a second or more: exempt them from it.
+            gc.collect()
+            gc.freeze()
+            gc.callbacks.append(_log_slow_collections)
+            print(_banner(settings, engine, plan), flush=True)
+            await server.serve(sockets=[listener])
+            return server.exit_code
+        finally:
+            engine.shutdown()
 
 
 def run_worker_node(settings: Settings) -> int:

@@ -188,6 +188,24 @@ def test_too_little_kv_cache_is_a_one_line_start_up_error(plain_checkpoint, tmp_
     assert "--cpu-kv-cache-space-gib" in result.stderr.strip().splitlines()[-1]
 
 
+def test_a_port_in_use_is_refused_in_one_line_before_the_engine_starts(plain_checkpoint):
+    """The port is bound before the engine starts: the refusal comes without an engine's start
+    (which would log vLLM's engine configuration first)."""
+    from tests.test_settings import run_cli
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("--model", str(plain_checkpoint), "--port", str(port))
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert (
+        last == f"resonance-serve: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
+    assert "Initializing a V1 LLM engine" not in result.stdout + result.stderr
+
+
 def test_resonance_dynamic_serves_dynamic_ntk_at_the_served_length(
     fragile_server, plain_checkpoint
 ):
