@@ -34,7 +34,7 @@ test: $(STAMP) promtool
 # The deployment run for real (deploy/tests): the CPU image built from deploy/docker/Dockerfile.cpu
 # and run, then the compose file's CPU profile with Prometheus. podman from Debian's packages; the
 # base images made locally from Debian's archive (deploy/podman/base-images.sh), so no container
-# registry is needed. About 15 minutes the first time on 2 cores.
+# registry is needed. About 17 minutes the first time on 2 cores (podman installed).
 test-deploy: export CONTAINERS_CONF := $(CURDIR)/deploy/podman/containers.conf
 test-deploy: export CONTAINERS_REGISTRIES_CONF := $(CURDIR)/deploy/podman/registries.conf
 test-deploy: $(STAMP) podman

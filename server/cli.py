@@ -123,17 +123,15 @@ class DrainingServer(uvicorn.Server):
 
 
 def bound_socket(host: str, port: int) -> socket.socket:
-    """The HTTP port, bound before the engine starts (as vLLM's own server does): a port in use
-    is refused at once, not after the engine's start, and the ports the engine asks the kernel
-    for can never be this one."""
-    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    """The HTTP port, bound with vLLM's own helper before the engine starts (as vLLM's server
+    does): a port in use is refused at once, not after the engine's start, and the ports the
+    engine asks the kernel for can never be this one."""
+    from vllm.entrypoints.launchers.launcher import create_server_socket
+
     try:
-        listener.bind((host, port))
+        return create_server_socket((host, port), reuse_port=False)
     except OSError as error:
-        listener.close()
         raise OSError(f"cannot listen on {host}:{port}: {error.strerror}") from None
-    return listener
 
 
 async def serve(settings: Settings) -> int:
