@@ -40,9 +40,13 @@ class Variant:
 def presets(checkpoint: Path, plain: Path, output_tokens: int) -> dict[str, list[Variant]]:
     ours = [*SERVER, "--served-model-name", NAME, *ENGINE_FLAGS]
     vllm = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--served-model-name", NAME, *ENGINE_FLAGS,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--served-model-name",
+        NAME,
+        *ENGINE_FLAGS,
+    ]
     served = 1024 - output_tokens
     scaled = ["--model", str(plain), "--rope-factor", "4"]
     return {
@@ -62,8 +66,9 @@ def run_variant(variant: Variant, options: Options, log: Path) -> list[dict]:
     port = free_port()
     prompt_tokens = [p for p in options.prompt_tokens if p <= variant.max_prompt]
     with serving([*variant.command, "--port", str(port)], port, log, env=ENV) as server:
-        run = Options(**{**options.__dict__, "base_url": server.base_url,
-                         "prompt_tokens": prompt_tokens})  # fmt: skip
+        run = Options(
+            **{**options.__dict__, "base_url": server.base_url, "prompt_tokens": prompt_tokens}
+        )
         return asyncio.run(run_loadtest(run))["levels"]
 
 
@@ -80,18 +85,25 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        params = {"rope_type": "resonance_yarn", "rope_theta": 10000.0, "factor": 4.0,
-                  "original_max_position_embeddings": 256}  # fmt: skip
+        params = {
+            "rope_type": "resonance_yarn",
+            "rope_theta": 10000.0,
+            "factor": 4.0,
+            "original_max_position_embeddings": 256,
+        }
         checkpoint = build_tiny_checkpoint(root / "resonance", params, 1024)
         plain = build_tiny_checkpoint(root / "plain")
         variants = presets(checkpoint, plain, args.output_tokens)[args.preset]
         options = Options(
-            base_url="", model=NAME,
+            base_url="",
+            model=NAME,
             prompt_tokens=comma_list(args.prompt_tokens, int),
             concurrency=comma_list(args.concurrency, int),
-            output_tokens=args.output_tokens, num_requests=args.num_requests,
-            warmup=4, out=None,
-        )  # fmt: skip
+            output_tokens=args.output_tokens,
+            num_requests=args.num_requests,
+            warmup=4,
+            out=None,
+        )
         runs: dict[str, list[list[dict]]] = {v.label: [] for v in variants}
         for round_ in range(args.rounds):
             order = variants if round_ % 2 == 0 else list(reversed(variants))

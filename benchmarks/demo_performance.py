@@ -29,15 +29,26 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         command = [
-            *SERVER, "--port", str(port), "--cache-dir", tmp,
-            "--cpu-kv-cache-space-gib", str(args.kv_cache_gib),
-        ]  # fmt: skip
+            *SERVER,
+            "--port",
+            str(port),
+            "--cache-dir",
+            tmp,
+            "--cpu-kv-cache-space-gib",
+            str(args.kv_cache_gib),
+        ]
         # A first start converts the GGUF file; the second is what a user sees every time.
         with serving(command, port, Path(tmp) / "first.log", timeout=900) as first:
-            chat = httpx.post(f"{first.base_url}/v1/chat/completions", timeout=300, json={
-                "model": MODEL, "temperature": 0, "max_tokens": 32,
-                "messages": [{"role": "user", "content": "What is the capital of France?"}],
-            }).json()["choices"][0]["message"]["content"]  # fmt: skip
+            chat = httpx.post(
+                f"{first.base_url}/v1/chat/completions",
+                timeout=300,
+                json={
+                    "model": MODEL,
+                    "temperature": 0,
+                    "max_tokens": 32,
+                    "messages": [{"role": "user", "content": "What is the capital of France?"}],
+                },
+            ).json()["choices"][0]["message"]["content"]
         started = time.monotonic()
         with serving(command, port, Path(tmp) / "server.log", timeout=900) as server:
             startup = time.monotonic() - started
@@ -45,19 +56,26 @@ def main() -> None:
 
             def level(prompt: int, output: int, clients: int, requests: int) -> dict:
                 options = Options(
-                    base_url=server.base_url, model=MODEL, prompt_tokens=[prompt],
-                    output_tokens=output, concurrency=[clients], num_requests=requests,
-                    warmup=0, out=None,
-                )  # fmt: skip
+                    base_url=server.base_url,
+                    model=MODEL,
+                    prompt_tokens=[prompt],
+                    output_tokens=output,
+                    concurrency=[clients],
+                    num_requests=requests,
+                    warmup=0,
+                    out=None,
+                )
                 return asyncio.run(run_loadtest(options))["levels"][0]
 
             with Peak(server.rss_bytes) as peak:
                 ttft = [(n, level(n, 16, 1, args.requests)) for n in lengths]
                 decode = [(c, level(256, 128, c, 2 * c)) for c in (1, 8)]
     memory = f"idle RSS {idle / 2**30:.2f} GiB, peak {peak.peak / 2**30:.2f} GiB"
-    print(f"\ndemo ({MODEL}, resonance_yarn x4 to {SERVED}): start-up {startup:.0f} s "
-          f"(GGUF already converted); {memory} (server + engine, KV cache "
-          f"{args.kv_cache_gib} GiB)")  # fmt: skip
+    print(
+        f"\ndemo ({MODEL}, resonance_yarn x4 to {SERVED}): start-up {startup:.0f} s "
+        f"(GGUF already converted); {memory} (server + engine, KV cache "
+        f"{args.kv_cache_gib} GiB)"
+    )
     print(f"greedy answer to 'What is the capital of France?': {chat!r}")
     print("| prompt tokens | TTFT p50 (ms) | E2E p50 (ms) |\n|---|---|---|")
     for n, row in ttft:

@@ -120,12 +120,19 @@ def base_checkpoint(out: Path, corpus: Path, scale: Scale, seed: int) -> Path:
     texts = [json.loads(line)["text"] for line in (corpus / "train.jsonl").open()]
     tokenizer = build_tokenizer(seed, scale.vocab_size, texts)
     return build_tiny_checkpoint(
-        out, None, PRETRAIN_CONTEXT, seed, tokenizer,
-        hidden_size=scale.hidden_size, intermediate_size=scale.intermediate_size,
-        num_hidden_layers=scale.layers, num_attention_heads=scale.heads,
-        num_key_value_heads=scale.heads, head_dim=scale.hidden_size // scale.heads,
+        out,
+        None,
+        PRETRAIN_CONTEXT,
+        seed,
+        tokenizer,
+        hidden_size=scale.hidden_size,
+        intermediate_size=scale.intermediate_size,
+        num_hidden_layers=scale.layers,
+        num_attention_heads=scale.heads,
+        num_key_value_heads=scale.heads,
+        head_dim=scale.hidden_size // scale.heads,
         initializer_range=0.02,
-    )  # fmt: skip
+    )
 
 
 def finetune(model: Path, out: Path, corpus: Path, args: list[str], threads: int) -> Path:
@@ -134,8 +141,18 @@ def finetune(model: Path, out: Path, corpus: Path, args: list[str], threads: int
         return out
     if out.exists():  # an interrupted run: resonance-finetune resumes it
         print(f"resuming {out.name}", flush=True)
-    command = [sys.executable, "-m", "finetune.cli", "--model", str(model), "--out", str(out),
-               "--corpus", str(corpus / "train.jsonl"), *args]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "finetune.cli",
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--corpus",
+        str(corpus / "train.jsonl"),
+        *args,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     log = out.parent / f"{out.name}.log"
     started = time.monotonic()
@@ -143,8 +160,9 @@ def finetune(model: Path, out: Path, corpus: Path, args: list[str], threads: int
         done = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
     if done.returncode != 0:
         sys.exit(f"{out.name}: resonance-finetune failed, see {log}")
-    print(f"trained {out.name} in {time.monotonic() - started:.0f} s ({threads} threads)",
-          flush=True)  # fmt: skip
+    print(
+        f"trained {out.name} in {time.monotonic() - started:.0f} s ({threads} threads)", flush=True
+    )
     return out
 
 
@@ -167,22 +185,53 @@ def scored(row: str, seed: int | None, checkpoint: Path, flags: list[str], out: 
     summary_file = directory / "summary.json"
     if not summary_file.exists():
         port = free_port()
-        command = [*SERVER, "--model", str(checkpoint), "--port", str(port),
-                   "--served-model-name", "model", "--dtype", "float32", "--enforce-eager",
-                   "--cpu-kv-cache-space-gib", "1", "--request-timeout", "3600",
-                   *flags]  # fmt: skip
+        command = [
+            *SERVER,
+            "--model",
+            str(checkpoint),
+            "--port",
+            str(port),
+            "--served-model-name",
+            "model",
+            "--dtype",
+            "float32",
+            "--enforce-eager",
+            "--cpu-kv-cache-space-gib",
+            "1",
+            "--request-timeout",
+            "3600",
+            *flags,
+        ]
         log = out / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with serving(command, port, log, env=ONE_CORE, timeout=900) as server:
-            resonance_eval(["perplexity", "--base-url", server.base_url, "--model", "model",
-                            "--lengths", str(EVAL_LENGTH), "--bucket", str(BUCKET),
-                            "--jsonl", str(out / "corpus" / "eval.jsonl"), "--label", name,
-                            "--trained-context", str(PRETRAIN_CONTEXT),
-                            "--out", str(directory)])  # fmt: skip
+            resonance_eval(
+                [
+                    "perplexity",
+                    "--base-url",
+                    server.base_url,
+                    "--model",
+                    "model",
+                    "--lengths",
+                    str(EVAL_LENGTH),
+                    "--bucket",
+                    str(BUCKET),
+                    "--jsonl",
+                    str(out / "corpus" / "eval.jsonl"),
+                    "--label",
+                    name,
+                    "--trained-context",
+                    str(PRETRAIN_CONTEXT),
+                    "--out",
+                    str(directory),
+                ]
+            )
     summary = json.loads(summary_file.read_text())
     (buckets,) = summary["buckets"].values()
-    print(f"scored {name}: perplexity {summary['lengths'][str(EVAL_LENGTH)]['perplexity']:.3f}",
-          flush=True)  # fmt: skip
+    print(
+        f"scored {name}: perplexity {summary['lengths'][str(EVAL_LENGTH)]['perplexity']:.3f}",
+        flush=True,
+    )
     return {"row": row, "seed": seed, "buckets": buckets, "errors": summary["errors"]}
 
 
@@ -249,8 +298,10 @@ def plot(results: list[dict], out: Path) -> Path:
         if not runs:
             continue
         centres = [(b["start"] + b["end"]) / 2 for b in runs[0]]
-        means = [statistics.fmean(math.exp(run[i]["mean_nll"]) for run in runs)
-                 for i in range(len(centres))]  # fmt: skip
+        means = [
+            statistics.fmean(math.exp(run[i]["mean_nll"]) for run in runs)
+            for i in range(len(centres))
+        ]
         axis.plot(centres, means, marker="o", markersize=3, label=title, linewidth=1)
     for position, text in ((PRETRAIN_CONTEXT, "pretrained"), (FINETUNE_LENGTH, "fine-tuned")):
         axis.axvline(position, color="grey", linestyle="--", linewidth=1)
@@ -277,12 +328,28 @@ def main(argv: list[str] | None = None) -> None:
     facts = write_corpus(corpus)
     cores = os.cpu_count() or 1
     base = base_checkpoint(out / "checkpoints" / "random", corpus, scale, seed=0)
-    pretrain_args = ["--rope-type", "none", "--seq-len", str(PRETRAIN_CONTEXT),
-                     "--steps", str(scale.pretrain_steps), "--batch-size",
-                     str(scale.pretrain_batch), "--gradient-accumulation", "1",
-                     "--learning-rate", str(scale.pretrain_lr), "--warmup-steps",
-                     str(scale.pretrain_steps // 20), "--weight-decay", "0.1",
-                     "--save-steps", "100", "--seed", "0"]  # fmt: skip
+    pretrain_args = [
+        "--rope-type",
+        "none",
+        "--seq-len",
+        str(PRETRAIN_CONTEXT),
+        "--steps",
+        str(scale.pretrain_steps),
+        "--batch-size",
+        str(scale.pretrain_batch),
+        "--gradient-accumulation",
+        "1",
+        "--learning-rate",
+        str(scale.pretrain_lr),
+        "--warmup-steps",
+        str(scale.pretrain_steps // 20),
+        "--weight-decay",
+        "0.1",
+        "--save-steps",
+        "100",
+        "--seed",
+        "0",
+    ]
     pretrained = finetune(base, out / "checkpoints" / "pretrained", corpus, pretrain_args, cores)
     eval_documents(corpus, pretrained, scale.test_documents)
     rows: list[concurrent.futures.Future] = []
@@ -292,25 +359,49 @@ def main(argv: list[str] | None = None) -> None:
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as scorer:
         try:
-            rows.append(scorer.submit(scored, "rope", None,
-                                      extrapolated(pretrained, out / "checkpoints" / "rope"),
-                                      [], out))  # fmt: skip
+            rows.append(
+                scorer.submit(
+                    scored,
+                    "rope",
+                    None,
+                    extrapolated(pretrained, out / "checkpoints" / "rope"),
+                    [],
+                    out,
+                )
+            )
             for method in METHODS:
                 flags = ["--rope-type", method, "--rope-factor", str(FACTOR)]
                 rows.append(scorer.submit(scored, f"{method}-noft", None, pretrained, flags, out))
             for seed in range(args.seeds):
                 for method in METHODS:
                     tuned = finetune(
-                        pretrained, out / "checkpoints" / f"{method}-seed{seed}", corpus,
-                        ["--rope-type", method, "--rope-factor", str(FACTOR),
-                         "--seq-len", str(FINETUNE_LENGTH), "--steps", str(scale.finetune_steps),
-                         "--batch-size", str(scale.finetune_batch),
-                         "--gradient-accumulation", "1", "--learning-rate",
-                         str(scale.finetune_lr), "--warmup-steps",
-                         str(scale.finetune_steps // 10), "--save-steps", "40",
-                         "--seed", str(seed)],
+                        pretrained,
+                        out / "checkpoints" / f"{method}-seed{seed}",
+                        corpus,
+                        [
+                            "--rope-type",
+                            method,
+                            "--rope-factor",
+                            str(FACTOR),
+                            "--seq-len",
+                            str(FINETUNE_LENGTH),
+                            "--steps",
+                            str(scale.finetune_steps),
+                            "--batch-size",
+                            str(scale.finetune_batch),
+                            "--gradient-accumulation",
+                            "1",
+                            "--learning-rate",
+                            str(scale.finetune_lr),
+                            "--warmup-steps",
+                            str(scale.finetune_steps // 10),
+                            "--save-steps",
+                            "40",
+                            "--seed",
+                            str(seed),
+                        ],
                         threads(),
-                    )  # fmt: skip
+                    )
                     rows.append(scorer.submit(scored, f"{method}-ft", seed, tuned, [], out))
             results = [r.result() for r in rows]
         except BaseException:
@@ -320,8 +411,13 @@ def main(argv: list[str] | None = None) -> None:
     markdown = table(results)
     (out / "table.md").write_text(markdown + "\n")
     plot(results, out / "perplexity_by_position.png")
-    run = {"corpus": facts, "scale": asdict(scale), "seeds": args.seeds, "errors": errors,
-           "seconds": round(time.monotonic() - started)}  # fmt: skip
+    run = {
+        "corpus": facts,
+        "scale": asdict(scale),
+        "seeds": args.seeds,
+        "errors": errors,
+        "seconds": round(time.monotonic() - started),
+    }
     (out / "run.json").write_text(json.dumps(run, indent=1))
     print(markdown)
     print(f"total: {run['seconds']} s; errors: {len(errors)}")

@@ -34,8 +34,9 @@ TIMEOUT = 20
 def post(server: RunningServer, body: dict, timeout: float = 120) -> httpx.Response:
     data = json.dumps({"model": "tiny", **body})
     headers = {**HEADERS, "Content-Type": "application/json"}
-    return httpx.post(f"{server.base_url}/v1/completions", content=data, headers=headers,
-                      timeout=timeout)  # fmt: skip
+    return httpx.post(
+        f"{server.base_url}/v1/completions", content=data, headers=headers, timeout=timeout
+    )
 
 
 def timed(call: Callable[[], httpx.Response]) -> tuple[int, float]:
@@ -57,8 +58,11 @@ def probe_flood(server: RunningServer) -> str:
         refusals = [f.result() for f in flood]
     slowest = max(seconds for _, seconds in refusals)
     statuses = sorted({str(status) for status, _ in refusals})
-    return (f"small request {small_status} in {small:.2f} s; oversized {'/'.join(statuses)}, "
-            f"slowest {slowest:.2f} s; front-end RSS after {front_end.memory_info().rss / 2**30:.2f} GiB")  # fmt: skip  # noqa: E501
+    rss = front_end.memory_info().rss / 2**30
+    return (
+        f"small request {small_status} in {small:.2f} s; oversized {'/'.join(statuses)}, "
+        f"slowest {slowest:.2f} s; front-end RSS after {rss:.2f} GiB"
+    )
 
 
 def probe_bad_values(server: RunningServer) -> str:
@@ -94,8 +98,14 @@ def raw_stream(port: int, body: dict) -> socket.socket:
 
 
 def probe_unread_streams(server: RunningServer) -> str:
-    body = {"prompt": [3 + i % 1000 for i in range(200)], "n": 16, "echo": True, "logprobs": 20,
-            "max_tokens": 200, "stream": True}  # fmt: skip
+    body = {
+        "prompt": [3 + i % 1000 for i in range(200)],
+        "n": 16,
+        "echo": True,
+        "logprobs": 20,
+        "max_tokens": 200,
+        "stream": True,
+    }
     sockets = [raw_stream(server.port, body) for _ in range(8)]
     time.sleep(TIMEOUT + 10)
     status = post(server, {"prompt": "hi", "max_tokens": 2}, timeout=30).status_code
@@ -105,13 +115,24 @@ def probe_unread_streams(server: RunningServer) -> str:
 
 
 def probe_health_under_streams(server: RunningServer) -> str:
-    body = {"prompt": "hello", "n": 16, "logprobs": 20, "max_tokens": 1000, "ignore_eos": True,
-            "stream": True}  # fmt: skip
+    body = {
+        "prompt": "hello",
+        "n": 16,
+        "logprobs": 20,
+        "max_tokens": 1000,
+        "ignore_eos": True,
+        "stream": True,
+    }
     statuses: list[int] = []
 
     def stream() -> None:
-        with httpx.stream("POST", f"{server.base_url}/v1/completions", json={"model": "tiny",
-                          **body}, headers=HEADERS, timeout=120) as response:  # fmt: skip
+        with httpx.stream(
+            "POST",
+            f"{server.base_url}/v1/completions",
+            json={"model": "tiny", **body},
+            headers=HEADERS,
+            timeout=120,
+        ) as response:
             statuses.append(response.status_code)
             for _ in response.iter_bytes():
                 pass
@@ -171,8 +192,13 @@ def probe_timeout(server: RunningServer) -> str:
     before = _requests_total(server)
     start = time.monotonic()
     try:
-        client.completions.create(model="tiny", prompt="x", n=16, max_tokens=1000,
-                                  extra_body={"ignore_eos": True, "logprobs": 20})  # fmt: skip
+        client.completions.create(
+            model="tiny",
+            prompt="x",
+            n=16,
+            max_tokens=1000,
+            extra_body={"ignore_eos": True, "logprobs": 20},
+        )
         outcome = "completed"
     except APIStatusError as error:
         outcome = str(error.status_code)
@@ -189,10 +215,17 @@ def probe_memory(server: RunningServer) -> str:
 
 
 def probe_group_sigterm(server: RunningServer) -> str:
-    body = {"model": "tiny", "prompt": "hi", "n": 8, "max_tokens": 500, "ignore_eos": True,
-            "stream": True}  # fmt: skip
-    with httpx.stream("POST", f"{server.base_url}/v1/completions", json=body, headers=HEADERS,
-                      timeout=120) as response:  # fmt: skip
+    body = {
+        "model": "tiny",
+        "prompt": "hi",
+        "n": 8,
+        "max_tokens": 500,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    with httpx.stream(
+        "POST", f"{server.base_url}/v1/completions", json=body, headers=HEADERS, timeout=120
+    ) as response:
         lines = response.iter_lines()
         next(lines)
         os.killpg(server.process.pid, signal.SIGTERM)
@@ -228,11 +261,27 @@ def main() -> None:
         checkpoint = build_tiny_checkpoint(Path(tmp) / "model", max_position_embeddings=256)
         port = free_port()
         command = [
-            *SERVER, "--port", str(port), "--model", str(checkpoint),
-            "--served-model-name", "tiny", "--dtype", "float32", "--enforce-eager",
-            "--rope-type", "resonance_yarn", "--rope-factor", "4", "--api-key", KEY,
-            "--max-concurrent-requests", "8", "--request-timeout", str(TIMEOUT),
-        ]  # fmt: skip
+            *SERVER,
+            "--port",
+            str(port),
+            "--model",
+            str(checkpoint),
+            "--served-model-name",
+            "tiny",
+            "--dtype",
+            "float32",
+            "--enforce-eager",
+            "--rope-type",
+            "resonance_yarn",
+            "--rope-factor",
+            "4",
+            "--api-key",
+            KEY,
+            "--max-concurrent-requests",
+            "8",
+            "--request-timeout",
+            str(TIMEOUT),
+        ]
         server = start_server(command, port, Path(tmp) / "server.log", env=env)
         try:
             for name in comma_list(args.probes):

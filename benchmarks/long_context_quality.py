@@ -26,9 +26,13 @@ from harness.servers import SERVER, free_port, serving
 
 TRAINED = 8192
 DEFAULT_CONFIGS = ",".join(
-    ["none"] + [f"{rope}:{factor}" for factor in (2, 4) for rope in
-                ("yarn", "resonance_yarn", "ntk", "resonance_ntk")]
-)  # fmt: skip
+    ["none"]
+    + [
+        f"{rope}:{factor}"
+        for factor in (2, 4)
+        for rope in ("yarn", "resonance_yarn", "ntk", "resonance_ntk")
+    ]
+)
 
 
 def resonance_eval(argv: list[str]) -> None:
@@ -64,20 +68,28 @@ def markdown(out: Path, runs: list[dict]) -> str:
         keys += [(run["label"], cell) for cell in passkey["cells"]]
     shown = [i for i in range(len(WINDOWS)) if any(cells[i] is not None for *_, cells in rows)]
     titles = [f"{WINDOWS[i][0] // 1024}-{WINDOWS[i][1] // 1024}K" for i in shown]
-    lines = ["| configuration | served | start-up (s) | perplexity " + " | ".join(titles) + " |",
-             "|---|---|---|" + "---|" * len(shown)]  # fmt: skip
+    lines = [
+        "| configuration | served | start-up (s) | perplexity " + " | ".join(titles) + " |",
+        "|---|---|---|" + "---|" * len(shown),
+    ]
     for run, served, cells in rows:
         values = ["-" if cells[i] is None else f"{cells[i]:.2f}" for i in shown]
-        lines.append(f"| {run['label']} | {served} | {run['startup_s']} | "
-                     + " | ".join(values) + " |")  # fmt: skip
-    lines += ["", "| configuration | prompt tokens | depth | exact match | log p(key) | rank of "
-              "the key (1 = best) |", "|---|---|---|---|---|---|"]  # fmt: skip
+        lines.append(
+            f"| {run['label']} | {served} | {run['startup_s']} | " + " | ".join(values) + " |"
+        )
+    lines += [
+        "",
+        "| configuration | prompt tokens | depth | exact match | log p(key) | rank of "
+        "the key (1 = best) |",
+        "|---|---|---|---|---|---|",
+    ]
     for label, cell in keys:
         rank = "-" if cell["mean_rank"] is None else f"{cell['mean_rank']:.1f}"
         logprob = "-" if cell["mean_key_logprob"] is None else f"{cell['mean_key_logprob']:.2f}"
         accuracy = "-" if cell["accuracy"] is None else f"{cell['accuracy']:.2f}"
-        lines.append(f"| {label} | {cell['length']} | {cell['depth']:g} | {accuracy} | "
-                     f"{logprob} | {rank} |")  # fmt: skip
+        lines.append(
+            f"| {label} | {cell['length']} | {cell['depth']:g} | {accuracy} | {logprob} | {rank} |"
+        )
     plot_runs([Path(r["directory"]) / "perplexity" for r in runs], out / "perplexity.png")
     plot_runs([Path(r["directory"]) / "passkey" for r in runs], out / "passkey.png")
     return "\n".join(lines)
@@ -93,29 +105,71 @@ def run_config(rope: str, cache_dir: Path, out: Path, args: argparse.Namespace) 
     label = rope_type if rope_type == "none" else f"{rope_type} x{factor:g}"
     port = free_port()
     command = [
-        *SERVER, "--port", str(port), "--cache-dir", str(cache_dir),
-        "--rope-type", rope_type, "--enforce-eager", "--cpu-kv-cache-space-gib", "4",
-        "--max-num-seqs", "2", "--request-timeout", "3600",
-    ]  # fmt: skip
+        *SERVER,
+        "--port",
+        str(port),
+        "--cache-dir",
+        str(cache_dir),
+        "--rope-type",
+        rope_type,
+        "--enforce-eager",
+        "--cpu-kv-cache-space-gib",
+        "4",
+        "--max-num-seqs",
+        "2",
+        "--request-timeout",
+        "3600",
+    ]
     if rope_type != "none":
         command += ["--rope-factor", str(factor)]
     longest = min(served_length(factor), args.longest) - 8  # room for the generated token
     lengths = [n for n in args.passkey_lengths if n < longest]
     started = time.monotonic()
     log = out / f"{label.replace(' ', '_')}.log"
-    common = ["--base-url", "", "--model", "smollm2-135m-instruct", "--label", label,
-              "--trained-context", str(TRAINED)]  # fmt: skip
+    common = [
+        "--base-url",
+        "",
+        "--model",
+        "smollm2-135m-instruct",
+        "--label",
+        label,
+        "--trained-context",
+        str(TRAINED),
+    ]
     with serving(command, port, log, timeout=900) as server:
         common[1] = server.base_url
         startup = time.monotonic() - started
         directory = out / label.replace(" ", "_")
-        resonance_eval(["perplexity", *common, "--lengths", str(longest), "--documents",
-                        str(args.documents), "--bucket", "1024",
-                        "--out", str(directory / "perplexity")])  # fmt: skip
-        resonance_eval(["passkey", *common, "--lengths", ",".join(map(str, lengths)),
-                        "--depths", args.depths, "--samples", str(args.samples),
-                        "--candidates", str(args.candidates),
-                        "--out", str(directory / "passkey")])  # fmt: skip
+        resonance_eval(
+            [
+                "perplexity",
+                *common,
+                "--lengths",
+                str(longest),
+                "--documents",
+                str(args.documents),
+                "--bucket",
+                "1024",
+                "--out",
+                str(directory / "perplexity"),
+            ]
+        )
+        resonance_eval(
+            [
+                "passkey",
+                *common,
+                "--lengths",
+                ",".join(map(str, lengths)),
+                "--depths",
+                args.depths,
+                "--samples",
+                str(args.samples),
+                "--candidates",
+                str(args.candidates),
+                "--out",
+                str(directory / "passkey"),
+            ]
+        )
     return {"label": label, "startup_s": round(startup, 1), "directory": str(directory)}
 
 

@@ -35,20 +35,38 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache"
-        ours = [*SERVER, "--cache-dir", str(cache), *ENGINE,
-                "--cpu-kv-cache-space-gib", "2"]  # fmt: skip
+        ours = [*SERVER, "--cache-dir", str(cache), *ENGINE, "--cpu-kv-cache-space-gib", "2"]
         port = free_port()
         with serving([*ours, "--port", str(port)], port, Path(tmp) / "convert.log", timeout=900):
             pass  # converts the GGUF file once
         (folder,) = cache.iterdir()
-        override = {"rope_parameters": {
-            "rope_type": "resonance_yarn", "rope_theta": 100000.0, "factor": float(FACTOR),
-            "original_max_position_embeddings": TRAINED, "beta_fast": 32.0, "beta_slow": 1.0},
-            "max_position_embeddings": TRAINED * FACTOR}  # fmt: skip
-        vllm = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model",
-                str(folder), "--served-model-name", MODEL, "--dtype", "float32", *ENGINE,
-                "--hf-overrides", json.dumps(override), "--max-model-len",
-                str(TRAINED * FACTOR)]  # fmt: skip
+        override = {
+            "rope_parameters": {
+                "rope_type": "resonance_yarn",
+                "rope_theta": 100000.0,
+                "factor": float(FACTOR),
+                "original_max_position_embeddings": TRAINED,
+                "beta_fast": 32.0,
+                "beta_slow": 1.0,
+            },
+            "max_position_embeddings": TRAINED * FACTOR,
+        }
+        vllm = [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(folder),
+            "--served-model-name",
+            MODEL,
+            "--dtype",
+            "float32",
+            *ENGINE,
+            "--hf-overrides",
+            json.dumps(override),
+            "--max-model-len",
+            str(TRAINED * FACTOR),
+        ]
         variants = {
             "resonance-serve, prefix caching": ours,
             "resonance-serve, no prefix caching": [*ours, "--no-enable-prefix-caching"],
@@ -60,10 +78,15 @@ def main() -> None:
             log = Path(tmp) / f"{len(results)}.log"
             with serving([*command, "--port", str(port)], port, log, env=ENV, timeout=900) as s:
                 options = Options(
-                    base_url=s.base_url, model=MODEL, prompt_tokens=[],
-                    output_tokens=args.output_tokens, sessions=args.users, turns=args.turns,
-                    document_tokens=args.document_tokens, out=None,
-                )  # fmt: skip
+                    base_url=s.base_url,
+                    model=MODEL,
+                    prompt_tokens=[],
+                    output_tokens=args.output_tokens,
+                    sessions=args.users,
+                    turns=args.turns,
+                    document_tokens=args.document_tokens,
+                    out=None,
+                )
                 results[label] = asyncio.run(run_session_load(options))
     report_runs(results, args.out, "sessions.json")
 

@@ -26,8 +26,14 @@ MODEL = "smollm2-135m-instruct"
 
 
 async def ttft(client: httpx.AsyncClient, prompt: str, max_tokens: int) -> float:
-    body = {"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "stream": True,
-            "temperature": 0, "ignore_eos": True}  # fmt: skip
+    body = {
+        "model": MODEL,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "stream": True,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
     started = time.perf_counter()
     async with client.stream("POST", "/v1/completions", json=body) as response:
         async for line in response.aiter_lines():
@@ -65,14 +71,27 @@ def main() -> None:
     variants = {
         "default": [],
         f"--long-prefill-token-threshold {args.threshold}": [
-            "--long-prefill-token-threshold", str(args.threshold)],
-    }  # fmt: skip
+            "--long-prefill-token-threshold",
+            str(args.threshold),
+        ],
+    }
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, flags in variants.items():
             port = free_port()
-            command = [*SERVER, "--port", str(port), "--cache-dir", tmp, "--enforce-eager",
-                       "--cpu-kv-cache-space-gib", "2", "--max-num-seqs", "8", *flags]  # fmt: skip
+            command = [
+                *SERVER,
+                "--port",
+                str(port),
+                "--cache-dir",
+                tmp,
+                "--enforce-eager",
+                "--cpu-kv-cache-space-gib",
+                "2",
+                "--max-num-seqs",
+                "8",
+                *flags,
+            ]
             log = Path(tmp) / f"{len(results)}.log"
             with (
                 serving(command, port, log, timeout=900) as server,
@@ -84,8 +103,10 @@ def main() -> None:
                     for i in range(args.rounds)
                 ]
             results[label] = rounds
-    print(f"\n{MODEL}: one {args.long_tokens}-token prefill, a {args.short_tokens}-token request "
-          f"every {args.interval} s meanwhile; {args.rounds} rounds per setting\n")  # fmt: skip
+    print(
+        f"\n{MODEL}: one {args.long_tokens}-token prefill, a {args.short_tokens}-token request "
+        f"every {args.interval} s meanwhile; {args.rounds} rounds per setting\n"
+    )
     print("| setting | short requests | short TTFT p50 ms | short TTFT p99 ms | long TTFT s |")
     print("|---|---|---|---|---|")
     for label, rounds in results.items():

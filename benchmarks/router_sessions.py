@@ -25,10 +25,23 @@ from server.plan import THREADS_BIND
 
 MODEL = "smollm2-135m-instruct"
 ROUTER = shutil.which("vllm-router", path=str(Path(sys.executable).parent))
-REPLICA = ["--enforce-eager", "--max-num-seqs", "4", "--max-model-len", "8192",
-           "--cpu-kv-cache-space-gib", "1"]  # fmt: skip
-ROUTER_HEALTH = ["--health-check-interval-secs", "2", "--health-failure-threshold", "1",
-                 "--cb-failure-threshold", "1"]  # fmt: skip
+REPLICA = [
+    "--enforce-eager",
+    "--max-num-seqs",
+    "4",
+    "--max-model-len",
+    "8192",
+    "--cpu-kv-cache-space-gib",
+    "1",
+]
+ROUTER_HEALTH = [
+    "--health-check-interval-secs",
+    "2",
+    "--health-failure-threshold",
+    "1",
+    "--cb-failure-threshold",
+    "1",
+]
 
 
 def main() -> None:
@@ -44,16 +57,19 @@ def main() -> None:
         folder = Path(tmp)
         # converted once, before two replicas would both convert it
         port = free_port()
-        with serving([*SERVER, "--cache-dir", str(folder / "cache"), *REPLICA, "--port",
-                      str(port)], port, folder / "convert.log", timeout=900):  # fmt: skip
+        with serving(
+            [*SERVER, "--cache-dir", str(folder / "cache"), *REPLICA, "--port", str(port)],
+            port,
+            folder / "convert.log",
+            timeout=900,
+        ):
             pass
 
         def replica(index: int):
             port = free_port()
             command = [*SERVER, "--cache-dir", str(folder / "cache"), *REPLICA, "--port", str(port)]
             env = {THREADS_BIND: str(cores[index % len(cores)])}
-            return start_server(command, port, folder / f"replica{index}.log", env=env,
-                                timeout=900)  # fmt: skip
+            return start_server(command, port, folder / f"replica{index}.log", env=env, timeout=900)
 
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             replicas = list(pool.map(replica, (0, 1)))
@@ -61,15 +77,29 @@ def main() -> None:
         try:
             for run, policy in enumerate(("consistent_hash", "round_robin")):
                 port = free_port()
-                command = [ROUTER, "--port", str(port), "--worker-urls",
-                           *[r.base_url for r in replicas], "--policy", policy,
-                           "--prometheus-port", str(free_port()), *ROUTER_HEALTH]  # fmt: skip
+                command = [
+                    ROUTER,
+                    "--port",
+                    str(port),
+                    "--worker-urls",
+                    *[r.base_url for r in replicas],
+                    "--policy",
+                    policy,
+                    "--prometheus-port",
+                    str(free_port()),
+                    *ROUTER_HEALTH,
+                ]
                 with serving(command, port, folder / f"router-{policy}.log") as router:
                     options = Options(
-                        base_url=router.base_url, model=MODEL, prompt_tokens=[],
-                        output_tokens=args.output_tokens, sessions=args.users, turns=args.turns,
-                        document_tokens=args.document_tokens, first_document=100 * run,
-                    )  # fmt: skip
+                        base_url=router.base_url,
+                        model=MODEL,
+                        prompt_tokens=[],
+                        output_tokens=args.output_tokens,
+                        sessions=args.users,
+                        turns=args.turns,
+                        document_tokens=args.document_tokens,
+                        first_document=100 * run,
+                    )
                     results[policy] = asyncio.run(run_session_load(options))
         finally:
             for server in replicas:

@@ -55,13 +55,18 @@ def stream(base_url: str, body: dict) -> dict:
 
 def request(schema: dict | None, max_tokens: int) -> dict:
     body = {
-        "model": MODEL, "temperature": 0, "max_tokens": max_tokens, "stream": True,
+        "model": MODEL,
+        "temperature": 0,
+        "max_tokens": max_tokens,
+        "stream": True,
         "stream_options": {"include_usage": True},
         "messages": [{"role": "user", "content": QUESTION}],
-    }  # fmt: skip
+    }
     if schema is not None:
         body["response_format"] = {
-            "type": "json_schema", "json_schema": {"name": "city", "schema": schema}}  # fmt: skip
+            "type": "json_schema",
+            "json_schema": {"name": "city", "schema": schema},
+        }
     return body
 
 
@@ -72,8 +77,17 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
-        command = [*SERVER, "--port", str(port), "--cache-dir", tmp,
-                   "--cpu-kv-cache-space-gib", "2", "--max-num-seqs", "4"]  # fmt: skip
+        command = [
+            *SERVER,
+            "--port",
+            str(port),
+            "--cache-dir",
+            tmp,
+            "--cpu-kv-cache-space-gib",
+            "2",
+            "--max-num-seqs",
+            "4",
+        ]
         with serving(command, port, Path(tmp) / "server.log", timeout=900) as server:
             url = server.base_url
             stream(url, request(None, 8))  # warm-up
@@ -87,8 +101,10 @@ def main() -> None:
             for _ in range(args.requests):
                 runs["free text"].append(stream(url, request(None, args.max_tokens)))
                 runs["JSON schema"].append(stream(url, request(SCHEMA, args.max_tokens)))
-    print(f"\n{MODEL}, {args.requests} streamed requests of each kind, alternated, "
-          f"max_tokens {args.max_tokens}, temperature 0\n")  # fmt: skip
+    print(
+        f"\n{MODEL}, {args.requests} streamed requests of each kind, alternated, "
+        f"max_tokens {args.max_tokens}, temperature 0\n"
+    )
     print("| output | decode tokens/s (median) | TTFT ms (median) | output tokens (mean) |")
     print("|---|---|---|---|")
     for name, rows in runs.items():

@@ -37,12 +37,20 @@ def prefill_seconds(base_url: str, tokens: int, salt: int) -> float:
 
 def run(binding: str, args, salt: int, log: Path) -> list[float]:
     port = free_port()
-    command = [*SERVER, "--port", str(port), "--enforce-eager", "--max-model-len", "4096",
-               "--no-enable-prefix-caching"]  # fmt: skip
+    command = [
+        *SERVER,
+        "--port",
+        str(port),
+        "--enforce-eager",
+        "--max-model-len",
+        "4096",
+        "--no-enable-prefix-caching",
+    ]
     with serving(command, port, log, env={THREADS_BIND: binding}, timeout=900) as server:
         prefill_seconds(server.base_url, args.tokens, salt)  # warm-up
-        return [prefill_seconds(server.base_url, args.tokens, salt + 1 + i)
-                for i in range(args.prompts)]  # fmt: skip
+        return [
+            prefill_seconds(server.base_url, args.tokens, salt + 1 + i) for i in range(args.prompts)
+        ]
 
 
 def main() -> None:
@@ -60,16 +68,20 @@ def main() -> None:
                 log = Path(tmp) / f"{run_index}-{len(seconds[name])}.log"
                 measured = run(binding, args, 100 * run_index + 10 * len(seconds[name]), log)
                 seconds[name] += measured
-                print(f"run {run_index + 1} {name}: " + ", ".join(f"{s:.2f} s" for s in measured),
-                      flush=True)  # fmt: skip
+                print(
+                    f"run {run_index + 1} {name}: " + ", ".join(f"{s:.2f} s" for s in measured),
+                    flush=True,
+                )
     print(f"\n{args.tokens}-token prefill, {args.runs} alternating runs x {args.prompts} prompts")
     print("| binding | median s | min s | max s | tokens/s (median) |")
     print("|---|---|---|---|---|")
     medians = {}
     for name, values in seconds.items():
         medians[name] = statistics.median(values)
-        print(f"| {name} | {medians[name]:.2f} | {min(values):.2f} | {max(values):.2f} | "
-              f"{args.tokens / medians[name]:.0f} |")  # fmt: skip
+        print(
+            f"| {name} | {medians[name]:.2f} | {min(values):.2f} | {max(values):.2f} | "
+            f"{args.tokens / medians[name]:.0f} |"
+        )
     default, every = medians.values()
     print(f"\nevery core / default, median time: {every / default:.2f}")
 

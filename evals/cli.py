@@ -88,9 +88,15 @@ async def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             records = await _perplexity(client, args, summary)
         else:
             samples = await passkey.run(
-                client, args.lengths, args.depths, args.samples, args.candidates,
-                args.endpoint, args.seed, args.concurrency,
-            )  # fmt: skip
+                client,
+                args.lengths,
+                args.depths,
+                args.samples,
+                args.candidates,
+                args.endpoint,
+                args.seed,
+                args.concurrency,
+            )
             summary.update(passkey.summarize(samples))
             summary["endpoint"] = args.endpoint
             records = [s.record() for s in samples]

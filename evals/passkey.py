@@ -172,14 +172,18 @@ def summarize(samples: list[Sample]) -> dict[str, Any]:
             done = [s for s in group if not s.error]
             logprobs = [s.key_logprob for s in done if s.key_logprob is not None]
             ranks = [s.rank for s in done if s.rank is not None]
-            cells.append({
-                "length": length,
-                "depth": depth,
-                "samples": len(group),
-                "errors": len(group) - len(done),
-                "accuracy": sum(s.correct for s in done) / len(done) if done else None,
-                "mean_key_logprob": sum(logprobs) / len(logprobs) if logprobs else None,
-                "mean_rank": sum(ranks) / len(ranks) if ranks else None,
-                "top1_of_candidates": sum(r == 1 for r in ranks) / len(ranks) if ranks else None,
-            })  # fmt: skip
+            cells.append(
+                {
+                    "length": length,
+                    "depth": depth,
+                    "samples": len(group),
+                    "errors": len(group) - len(done),
+                    "accuracy": sum(s.correct for s in done) / len(done) if done else None,
+                    "mean_key_logprob": sum(logprobs) / len(logprobs) if logprobs else None,
+                    "mean_rank": sum(ranks) / len(ranks) if ranks else None,
+                    "top1_of_candidates": sum(r == 1 for r in ranks) / len(ranks)
+                    if ranks
+                    else None,
+                }
+            )
     return {"cells": cells}

@@ -77,8 +77,12 @@ async def builtin_documents(client: Client, count: int, tokens: int) -> list[Tok
 
 def plan(documents: list[TokenizedDocument], lengths: list[int]) -> list[tuple[int, int]]:
     """(document index, length) for every document long enough for each length."""
-    return [(d, length) for length in lengths for d, doc in enumerate(documents)
-            if len(doc.ids) >= length]  # fmt: skip
+    return [
+        (d, length)
+        for length in lengths
+        for d, doc in enumerate(documents)
+        if len(doc.ids) >= length
+    ]
 
 
 async def run(
@@ -118,7 +122,13 @@ def summarize(samples: list[Sample], bucket: int) -> dict[str, Any]:
             window = [v for s in scored for v in s.nll[max(start - 1, 0) : end - 1]]
             if window:
                 window_mean = sum(window) / len(window)
-                rows.append({"start": start, "end": end, "mean_nll": window_mean,
-                             "perplexity": math.exp(window_mean)})  # fmt: skip
+                rows.append(
+                    {
+                        "start": start,
+                        "end": end,
+                        "mean_nll": window_mean,
+                        "perplexity": math.exp(window_mean),
+                    }
+                )
         buckets[str(length)] = rows
     return {"lengths": lengths, "buckets": buckets}

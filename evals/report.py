@@ -36,8 +36,15 @@ def _perplexity_csv(path: Path, summary: dict[str, Any]) -> None:
         for length, row in summary["lengths"].items():
             writer.writerow([length, 0, length, row["mean_nll"], row["perplexity"]])
             for bucket in summary["buckets"][length]:
-                writer.writerow([length, bucket["start"], bucket["end"], bucket["mean_nll"],
-                                 bucket["perplexity"]])  # fmt: skip
+                writer.writerow(
+                    [
+                        length,
+                        bucket["start"],
+                        bucket["end"],
+                        bucket["mean_nll"],
+                        bucket["perplexity"],
+                    ]
+                )
 
 
 def _passkey_csv(path: Path, summary: dict[str, Any]) -> None:
@@ -56,19 +63,30 @@ def print_table(summary: dict[str, Any]) -> None:
         for column in ("length", "documents", "tokens scored", "mean NLL", "perplexity"):
             table.add_column(column, justify="right")
         for length, row in summary["lengths"].items():
-            table.add_row(length, str(row["documents"]), str(row["tokens"]),
-                          _fmt(row["mean_nll"]), _fmt(row["perplexity"]))  # fmt: skip
+            table.add_row(
+                length,
+                str(row["documents"]),
+                str(row["tokens"]),
+                _fmt(row["mean_nll"]),
+                _fmt(row["perplexity"]),
+            )
     else:
         for column in ("length", "depth", "samples", "exact match", "key log-prob", "mean rank"):
             table.add_column(column, justify="right")
         for cell in summary["cells"]:
-            table.add_row(str(cell["length"]), f"{cell['depth']:g}", str(cell["samples"]),
-                          _fmt(cell["accuracy"]), _fmt(cell["mean_key_logprob"]),
-                          _fmt(cell["mean_rank"]))  # fmt: skip
+            table.add_row(
+                str(cell["length"]),
+                f"{cell['depth']:g}",
+                str(cell["samples"]),
+                _fmt(cell["accuracy"]),
+                _fmt(cell["mean_key_logprob"]),
+                _fmt(cell["mean_rank"]),
+            )
     console.print(table)
     if summary["errors"]:
-        console.print(f"[red]{len(summary['errors'])} request(s) failed[/red]; first: "
-                      f"{summary['errors'][0]}")  # fmt: skip
+        console.print(
+            f"[red]{len(summary['errors'])} request(s) failed[/red]; first: {summary['errors'][0]}"
+        )
 
 
 def _fmt(value: float | None) -> str:
@@ -83,8 +101,13 @@ def plot_perplexity(summaries: list[dict[str, Any]], out: Path) -> None:
             continue
         longest = max(summary["buckets"], key=int)
         rows = summary["buckets"][longest]
-        axes.plot([(r["start"] + r["end"]) / 2 for r in rows], [r["perplexity"] for r in rows],
-                  marker="o", markersize=3, label=summary["label"])  # fmt: skip
+        axes.plot(
+            [(r["start"] + r["end"]) / 2 for r in rows],
+            [r["perplexity"] for r in rows],
+            marker="o",
+            markersize=3,
+            label=summary["label"],
+        )
     trained = next((s.get("trained_context") for s in summaries if s.get("trained_context")), None)
     if trained:
         axes.axvline(trained, color="grey", linestyle="--", label=f"trained length {trained}")
@@ -102,8 +125,10 @@ def plot_passkey(summary: dict[str, Any], out: Path) -> None:
     lengths = sorted({c["length"] for c in summary["cells"]})
     depths = sorted({c["depth"] for c in summary["cells"]})
     figure, panels = plt.subplots(1, 2, figsize=(11, 4))
-    for panel, field, title in ((panels[0], "accuracy", "exact match"),
-                                (panels[1], "mean_key_logprob", "log p(true key)")):  # fmt: skip
+    for panel, field, title in (
+        (panels[0], "accuracy", "exact match"),
+        (panels[1], "mean_key_logprob", "log p(true key)"),
+    ):
         grid = [[_cell(summary, length, depth, field) for depth in depths] for length in lengths]
         image = panel.imshow(grid, aspect="auto", cmap="viridis", origin="lower")
         panel.set_xticks(range(len(depths)), [f"{d:g}" for d in depths])
@@ -138,8 +163,11 @@ def plot_runs(directories: list[Path], out: Path) -> None:
         lengths = sorted({c["length"] for c in summary["cells"]})
         means = []
         for length in lengths:
-            values = [c["mean_key_logprob"] for c in summary["cells"]
-                      if c["length"] == length and c["mean_key_logprob"] is not None]  # fmt: skip
+            values = [
+                c["mean_key_logprob"]
+                for c in summary["cells"]
+                if c["length"] == length and c["mean_key_logprob"] is not None
+            ]
             means.append(sum(values) / len(values) if values else float("nan"))
         axes.plot(lengths, means, marker="o", label=summary["label"])
     axes.set_xlabel("prompt tokens")

@@ -113,8 +113,9 @@ def run(options: Options) -> dict:
     config = AutoConfig.from_pretrained(folder)
     scaled = training.scaling(options, config)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    corpus = build_corpus([Path(c) for c in options.corpus], tokenizer, options.seq_len,
-                          options.held_out_percent)  # fmt: skip
+    corpus = build_corpus(
+        [Path(c) for c in options.corpus], tokenizer, options.seq_len, options.held_out_percent
+    )
     config.rope_parameters = scaled.rope_parameters
     config.max_position_embeddings = scaled.max_position_embeddings
     print(
@@ -144,8 +145,10 @@ def main(argv: list[str] | None = None) -> None:
     if options.lora_rank:
         # vLLM's --max-lora-rank takes one of these values (vllm.config.lora.MaxLoRARanks)
         rank = next(r for r in (1, 8, 16, 32, 64, 128, 256, 320, 512) if r >= options.lora_rank)
-        print(f"serve: resonance-serve --model {out / 'base'} --lora-module NAME={out / 'adapter'}"
-              f" --max-lora-rank {rank}")  # fmt: skip
+        print(
+            f"serve: resonance-serve --model {out / 'base'} --lora-module NAME={out / 'adapter'}"
+            f" --max-lora-rank {rank}"
+        )
     else:
         print(f"serve: resonance-serve --model {out}")
 

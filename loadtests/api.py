@@ -100,9 +100,13 @@ async def run_loadtest(options: Options) -> dict[str, Any]:
     with sync:
         builder = _builder(options, sync)
         work = Workload(
-            options.endpoint, options.model, options.output_tokens, options.num_requests,
-            options.duration_s, builder.build,
-        )  # fmt: skip
+            options.endpoint,
+            options.model,
+            options.output_tokens,
+            options.num_requests,
+            options.duration_s,
+            builder.build,
+        )
         async with client:
             await warm_up(client, work, min(options.prompt_tokens), options.warmup)
             results: list[dict[str, Any]] = []

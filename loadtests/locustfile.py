@@ -45,9 +45,13 @@ class LongPromptUser(HttpUser):
 
     def _report(self, name: str, milliseconds: float) -> None:
         self.environment.events.request.fire(
-            request_type="METRIC", name=name, response_time=milliseconds, response_length=0,
-            exception=None, context={},
-        )  # fmt: skip
+            request_type="METRIC",
+            name=name,
+            response_time=milliseconds,
+            response_length=0,
+            exception=None,
+            context={},
+        )
 
     @task
     def generate(self) -> None:

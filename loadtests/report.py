@@ -33,9 +33,19 @@ def _ms(value: float | None) -> str:
 def print_table(levels: list[dict[str, Any]], console: Console | None = None) -> None:
     table = Table(title="resonance-loadtest")
     for column in (
-        "load", "prompt", "ok", "failed", "req/s", "out tok/s",
-        "TTFT p50", "TTFT p99", "ITL p50", "TPOT p50", "E2E p50", "E2E p99",
-    ):  # fmt: skip
+        "load",
+        "prompt",
+        "ok",
+        "failed",
+        "req/s",
+        "out tok/s",
+        "TTFT p50",
+        "TTFT p99",
+        "ITL p50",
+        "TPOT p50",
+        "E2E p50",
+        "E2E p99",
+    ):
         table.add_column(column, justify="right")
     for level in levels:
         table.add_row(
@@ -94,8 +104,11 @@ def plot(out: Path, levels: list[dict[str, Any]], records: list[RequestRecord]) 
             if lv["prompt_tokens"] == prompt_tokens
         )
         axis.plot(*zip(*points, strict=True), marker="o", label=f"prompt {prompt_tokens}")
-    axis.set(xlabel=levels[0]["load"] if levels else "load", ylabel="output tokens/s",
-             title="Throughput against load")  # fmt: skip
+    axis.set(
+        xlabel=levels[0]["load"] if levels else "load",
+        ylabel="output tokens/s",
+        title="Throughput against load",
+    )
     axis.legend()
     paths.append(_save(figure, out / "throughput_vs_load.png"))
     return paths

@@ -49,9 +49,12 @@ async def run_level(
 
     async def one(i: int) -> None:
         record = RequestRecord(
-            level.load, level.value, level.prompt_tokens, first_index + i,
+            level.load,
+            level.value,
+            level.prompt_tokens,
+            first_index + i,
             time.perf_counter() - started,
-        )  # fmt: skip
+        )
         text = await asyncio.to_thread(work.prompt, level.prompt_tokens, first_index + i)
         body = request_body(work.endpoint, work.model, text, work.output_tokens)
         records.append(await send(client, work.endpoint, body, record))

@@ -156,9 +156,11 @@ async def run_sessions(
 
 
 def print_sessions(summary: dict[str, Any]) -> None:
-    print(f"\n{summary['users']} users x {summary['turns_per_user']} turns, documents of "
-          f"{summary['document_tokens']} tokens, {summary['output_tokens']} output tokens a turn, "
-          f"{summary['duration_s']:.0f} s")  # fmt: skip
+    print(
+        f"\n{summary['users']} users x {summary['turns_per_user']} turns, documents of "
+        f"{summary['document_tokens']} tokens, {summary['output_tokens']} output tokens a turn, "
+        f"{summary['duration_s']:.0f} s"
+    )
     print("| turn | completed | prompt tokens | TTFT p50 ms | TTFT p90 ms | E2E p50 ms | cached |")
     print("|---|---|---|---|---|---|---|")
     for row in summary["turns"]:

@@ -10,9 +10,7 @@ than a bound on its own gets 400, since no retry could ever admit it.
 
 from dataclasses import dataclass
 
-from server.errors import APIError
-
-RETRY_AFTER_SECONDS = 1
+from server.errors import RETRY_AFTER_SECONDS, APIError
 
 
 @dataclass

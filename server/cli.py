@@ -11,7 +11,6 @@ import time
 import uvicorn
 from pydantic import ValidationError
 
-from server.errors import APIError
 from server.settings import Settings, load_settings
 
 logger = logging.getLogger("resonance-serve")
@@ -90,7 +89,7 @@ class DrainingServer(uvicorn.Server):
 
     On SIGTERM or SIGINT (Ctrl-C) new requests get 503 (and /health fails) while those in
     flight finish, up to ``drain_timeout`` seconds; then the server exits 0. The engine
-    processes ignore both signals meanwhile (`server.engine_signals`). If the engine dies, the
+    processes ignore both signals meanwhile (`rope_plugins.engine_signals`). If the engine dies, the
     server exits 1 so that an orchestrator restarts it. A second signal stops at once.
     """
 
@@ -126,7 +125,7 @@ def bound_socket(host: str, port: int) -> socket.socket:
     """The HTTP port, bound with vLLM's own helper before the engine starts (as vLLM's server
     does): a port in use is refused at once, not after the engine's start, and the ports the
     engine asks the kernel for can never be this one."""
-    from vllm.entrypoints.launchers.launcher import create_server_socket
+    from server.vllm_compat import create_server_socket
 
     try:
         return create_server_socket((host, port), reuse_port=False)
@@ -135,7 +134,7 @@ def bound_socket(host: str, port: int) -> socket.socket:
 
 
 async def serve(settings: Settings) -> int:
-    from server.app import create_app
+    from server.app import build_services, create_app, preload_adapters
     from server.connections import guarded_protocol
     from server.engine import Engine
     from server.metrics import Metrics
@@ -146,15 +145,16 @@ async def serve(settings: Settings) -> int:
     plan = make_plan(settings)  # every check that needs no engine, before it starts
     with bound_socket(settings.host, settings.port) as listener:
         metrics = Metrics(plan.info.max_model_len)
-        engine = Engine(plan, metrics, settings.structured_output_timeout)
+        engine = Engine(
+            plan,
+            metrics,
+            settings.structured_output_timeout,
+            eager_constraints=settings.constraint_compiler == "eager",
+        )
         try:
-            app = create_app(engine, plan, settings, state, metrics)
-            adapters = app.state.services.adapters
-            for name, path in plan.lora_modules.items():
-                try:
-                    await adapters.load(name, path)
-                except APIError as error:
-                    raise ValueError(f"lora_modules: {name}: {error.message}") from None
+            services = build_services(engine, settings, state, metrics, plan.max_queued_tokens)
+            await preload_adapters(services, plan.lora_modules)
+            app = create_app(services)
             protocol = guarded_protocol(
                 settings.header_timeout, settings.body_timeout, settings.max_connections
             )

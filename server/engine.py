@@ -1,4 +1,5 @@
-"""vLLM's async engine for one served model, started from an `EnginePlan`."""
+"""vLLM's async engine for one served model, started from an `EnginePlan`: the
+`server.engine_client.EngineClient` the front end runs on."""
 
 import asyncio
 import dataclasses
@@ -7,7 +8,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-from server import engine_signals
+from rope_plugins import engine_signals
 from server.constraints import ConstraintCompiler
 from server.metrics import Metrics
 from server.plan import EnginePlan, describe
@@ -18,8 +19,17 @@ logger = logging.getLogger(__name__)
 class Engine:
     """Starts vLLM's `AsyncLLM` as the plan says, and wraps what the front end calls."""
 
-    def __init__(self, plan: EnginePlan, metrics: Metrics, constraint_timeout: float) -> None:
-        from vllm.engine.arg_utils import AsyncEngineArgs
+    def __init__(
+        self,
+        plan: EnginePlan,
+        metrics: Metrics,
+        constraint_timeout: float,
+        eager_constraints: bool = True,
+    ) -> None:
+        """``eager_constraints``: start the constraint compiler (a process that imports vLLM)
+        with the engine, so the first constrained request does not wait for it; otherwise it
+        starts at the first constrained request."""
+        from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
         os.environ.update(plan.environment)
@@ -27,13 +37,13 @@ class Engine:
         vllm_config = AsyncEngineArgs(**plan.engine_args).create_engine_config()
         model_config = vllm_config.model_config
         self.info = dataclasses.replace(plan.info, max_model_len=model_config.max_model_len)
-        metrics.describe_model(self.info.max_model_len, self.info.rope)
-        # The constraint compiler starts beside the engine and is ready before the first request.
+        self.constraint_timeout = constraint_timeout
         self.constraints = ConstraintCompiler(vllm_config, constraint_timeout)
-        self.constraints.start()
+        if eager_constraints:  # started beside the engine, ready before the first request
+            self.constraints.start()
         self.llm = AsyncLLM.from_vllm_config(vllm_config, stat_loggers=[metrics.stat_logger()])
-        self.constraints.wait_ready()
-        metrics.watch_engine(self.llm.get_num_unfinished_requests)
+        if eager_constraints:
+            self.constraints.wait_ready()
         self.tokenizer = self.llm.get_tokenizer()
         lora = vllm_config.lora_config
         self.max_lora_rank = lora.max_lora_rank if lora is not None else None
@@ -84,6 +94,15 @@ class Engine:
     async def check_health(self) -> None:
         await self.llm.check_health()
 
+    async def add_lora(self, request: Any) -> None:
+        await self.llm.add_lora(request)
+
+    async def remove_lora(self, lora_int_id: int) -> None:
+        await self.llm.remove_lora(lora_int_id)
+
+    def unfinished_requests(self) -> int:
+        return self.llm.get_num_unfinished_requests()
+
     def shutdown(self) -> None:
         self.constraints.shutdown()
         self.llm.shutdown()
@@ -94,7 +113,7 @@ def run_headless_workers(plan: EnginePlan) -> None:
     them on a node of rank > 0, until node 0 shuts them down or SIGTERM/SIGINT comes."""
     import signal
 
-    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm import AsyncEngineArgs
     from vllm.usage.usage_lib import UsageContext
     from vllm.v1.executor.multiproc_executor import MultiprocExecutor
 

@@ -21,6 +21,12 @@ _TYPES = {
 # The openai clients (Python, Node) read this header before the status: "false" means
 # do not retry, whatever the status.
 NO_RETRY = {"x-should-retry": "false"}
+RETRY_AFTER_SECONDS = 1  # what a 429 or 503 tells a client to wait
+
+
+def _first_line(error: BaseException, default: str) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else default
 
 
 class APIError(Exception):
@@ -45,13 +51,19 @@ def as_api_error(error: BaseException) -> APIError:
     The client's (its input: 4xx), the engine's (503, ``engine_error``) or this server's own
     bug (500, ``internal_error``). The last two are logged with their traceback.
     """
-    from vllm.exceptions import VLLMClientError, VLLMServerError
+    from server import vllm_compat as v
 
     if isinstance(error, APIError):
         return error
-    if isinstance(error, VLLMClientError | ValueError):  # vLLM refused the request's values
-        return APIError(400, str(error).strip().splitlines()[0] if str(error) else "bad request")
-    if isinstance(error, VLLMServerError):
+    if isinstance(error, v.GracefulHTTPError):  # vLLM's own admission (a full queue: 503)
+        status = int(error.http_status)
+        retry = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
+        return APIError(status, error.message, code="engine_busy", headers=retry)
+    if isinstance(error, v.VLLMNotFoundError):
+        return APIError(404, _first_line(error, "not found"), code="not_found")
+    if isinstance(error, v.VLLMClientError | ValueError):  # vLLM refused the request's values
+        return APIError(400, _first_line(error, "bad request"), getattr(error, "parameter", None))
+    if isinstance(error, v.VLLMServerError):
         logger.error("the engine failed", exc_info=error)
         return APIError(503, "the engine failed while serving this request", code="engine_error")
     logger.error("unexpected error while serving a request", exc_info=error)

@@ -21,15 +21,12 @@ from typing import Any
 
 from fastapi.responses import Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
-from vllm import SamplingParams
-from vllm.lora.request import LoRARequest
-from vllm.outputs import RequestOutput
-from vllm.utils.async_utils import merge_async_iterators
+from vllm import RequestOutput, SamplingParams
 
 from server import responses as r
 from server.admission import Admission, Ticket
 from server.constraints import ConstraintTimeout
-from server.engine import Engine
+from server.engine_client import EngineClient
 from server.errors import NO_RETRY, APIError, as_api_error, error_body
 from server.lora import Adapters
 from server.metrics import Metrics
@@ -37,6 +34,7 @@ from server.middleware import RequestContext
 from server.prompts import Prompt
 from server.protocol import SamplingRequest, StreamOptions
 from server.sampling import Limits, check_request
+from server.vllm_compat import LoRARequest, merge_async_iterators
 
 logger = logging.getLogger(__name__)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -110,7 +108,7 @@ class Admitted:
 class Executor:
     def __init__(
         self,
-        engine: Engine,
+        engine: EngineClient,
         admission: Admission,
         limits: Limits,
         request_timeout: float | None,
@@ -164,7 +162,7 @@ class Executor:
             raise APIError(
                 400,
                 f"the {param} constraint did not compile within the server's "
-                f"{self.engine.constraints.timeout:g} s limit (--structured-output-timeout); "
+                f"{self.engine.constraint_timeout:g} s limit (--structured-output-timeout); "
                 "simplify it",
                 param=param,
                 code="constraint_too_complex",

@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vllm.lora.request import LoRARequest
-
 from server.errors import APIError
+from server.vllm_compat import LoRARequest
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ class Adapters:
             rank = self._rank(path)
             request = LoRARequest(name, self._next_id, str(Path(path).resolve()))
             try:
-                await self.engine.llm.add_lora(request)
+                await self.engine.add_lora(request)
             except Exception as error:  # vLLM's worker could not read it: nothing was added
                 lines = str(error).strip().splitlines()
                 message = lines[0] if lines else type(error).__name__
@@ -69,7 +68,7 @@ class Adapters:
                 raise APIError(
                     404, f"no adapter named {name!r} is loaded", "lora_name", "model_not_found"
                 )
-            await self.engine.llm.remove_lora(adapter.request.lora_int_id)
+            await self.engine.remove_lora(adapter.request.lora_int_id)
             del self._loaded[name]
 
     def _rank(self, path: str) -> int:

@@ -2,20 +2,44 @@
 
 Latencies and token counts come from the statistics vLLM's engine already computes for every
 step (a stat logger it calls): the front end counts no tokens of its own for them. vLLM's own
-``vllm:*`` metrics live in the same default registry and are exported beside these.
+``vllm:*`` metrics live in Prometheus's default registry, which the server passes, and are exported
+beside these; tests give each app a registry of its own.
 """
 
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
-from vllm.v1.metrics.loggers import StatLoggerBase
-from vllm.v1.metrics.stats import SchedulerStats
+import prometheus_client
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from server.vllm_compat import SchedulerStats, StatLoggerBase
 
 LATENCY_BUCKETS = (
-    0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75,
-    1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0,
-)  # fmt: skip
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+    160.0,
+    320.0,
+    640.0,
+)
 
 
 def token_buckets(max_tokens: int) -> list[int]:
@@ -33,42 +57,46 @@ class Metrics:
     Routes, admission and the engine report into it; nothing else creates a metric.
     """
 
-    def __init__(self, max_model_len: int) -> None:
-        self.requests = Counter(
+    def __init__(self, max_model_len: int, registry: CollectorRegistry = REGISTRY) -> None:
+        self.registry = registry
+        counter = partial(prometheus_client.Counter, registry=registry)
+        gauge = partial(prometheus_client.Gauge, registry=registry)
+        histogram = partial(prometheus_client.Histogram, registry=registry)
+        self.requests = counter(
             "resonance_requests",
             "HTTP requests by endpoint (route path, or 'other') and status",
             ["endpoint", "status"],
         )
-        self.model_requests = Counter(
+        self.model_requests = counter(
             "resonance_model_requests",
             "Generation requests by the model they named (the base model or a LoRA adapter)",
             ["model"],
         )
-        self.time_to_first_token = Histogram(
+        self.time_to_first_token = histogram(
             "resonance_time_to_first_token_seconds",
             "Time from arrival to the first output token",
             buckets=LATENCY_BUCKETS,
         )
-        self.inter_token_latency = Histogram(
+        self.inter_token_latency = histogram(
             "resonance_inter_token_latency_seconds",
             "Time between consecutive output tokens",
             buckets=LATENCY_BUCKETS,
         )
-        self.e2e_latency = Histogram(
+        self.e2e_latency = histogram(
             "resonance_e2e_request_latency_seconds",
             "Time from arrival to the last output token",
             buckets=LATENCY_BUCKETS,
         )
         tokens = token_buckets(max_model_len)
-        self.prompt_tokens = Histogram(
+        self.prompt_tokens = histogram(
             "resonance_request_prompt_tokens", "Prompt length of finished requests", buckets=tokens
         )
-        self.generation_tokens = Histogram(
+        self.generation_tokens = histogram(
             "resonance_request_generation_tokens",
             "Output length of finished requests",
             buckets=tokens,
         )
-        self.cached_prompt_tokens = Counter(
+        self.cached_prompt_tokens = counter(
             "resonance_prompt_tokens_cached",
             "Prompt tokens of finished requests served from the prefix cache",
         )
@@ -76,22 +104,32 @@ class Metrics:
         # so at scrape time an idle engine reads 0 rather than its last busy step.
         self.scheduler = SchedulerStats()
         self._unfinished: Callable[[], int] = lambda: 0
-        for name, help_text, read in (
-            ("resonance_num_requests_running", "Requests the engine is running",
-             lambda s: s.num_running_reqs),
-            ("resonance_num_requests_waiting", "Requests waiting to be scheduled",
-             lambda s: s.num_waiting_reqs + s.num_skipped_waiting_reqs),
-            ("resonance_kv_cache_usage_ratio", "KV-cache blocks in use (0-1)",
-             lambda s: s.kv_cache_usage),
-        ):  # fmt: skip
-            gauge = Gauge(name, help_text)
-            gauge.set_function(lambda read=read: read(self.scheduler) if self._unfinished() else 0)
-        self._rope_info = Gauge(
+        scheduler_gauges: list[tuple[str, str, Callable[[SchedulerStats], float]]] = [
+            (
+                "resonance_num_requests_running",
+                "Requests the engine is running",
+                lambda s: s.num_running_reqs,
+            ),
+            (
+                "resonance_num_requests_waiting",
+                "Requests waiting to be scheduled",
+                lambda s: s.num_waiting_reqs + s.num_skipped_waiting_reqs,
+            ),
+            (
+                "resonance_kv_cache_usage_ratio",
+                "KV-cache blocks in use (0-1)",
+                lambda s: s.kv_cache_usage,
+            ),
+        ]
+        for name, help_text, read in scheduler_gauges:
+            live = gauge(name, help_text)
+            live.set_function(lambda read=read: read(self.scheduler) if self._unfinished() else 0)
+        self._rope_info = gauge(
             "resonance_rope_info",
             "RoPE settings of the served model (value 1)",
             ["rope_type", "factor", "original_max_position_embeddings", "max_model_len"],
         )
-        self._admitted = Gauge(
+        self._admitted = gauge(
             "resonance_admitted",
             "Admitted and not yet finished: requests, engine sequences, tokens",
             ["resource"],

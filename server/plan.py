@@ -7,7 +7,6 @@ every limit that can be checked before the engine starts. `server.engine` only e
 `make_plan`, at the end, is its one impure door: it resolves the model and reads the machine.
 """
 
-import dataclasses
 import json
 import math
 import os
@@ -157,9 +156,9 @@ def kv_bytes_per_token(config: Any, dtype: str, kv_cache_dtype: str = "auto") ->
 
 def pass_through(settings: Settings) -> dict[str, Any]:
     """The user's ``--engine-arg`` keys, each one vLLM's and none that the server sets."""
-    from vllm.engine.arg_utils import AsyncEngineArgs
+    from server.vllm_compat import engine_arg_names
 
-    known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
+    known = engine_arg_names()
     for key in settings.engine_args:
         if key in DERIVED:
             raise ValueError(f"engine_args: {key!r} is set by the server; use {DERIVED[key]}")
@@ -218,10 +217,13 @@ def build_plan(
         "hf_overrides": hf_overrides,
         "enable_log_requests": False,
         "enable_lora": bool(adapters) or settings.allow_runtime_lora,
-        **{name: getattr(settings, name) for name in ENGINE_FIELDS if getattr(settings, name)
-           is not None},
+        **{
+            name: getattr(settings, name)
+            for name in ENGINE_FIELDS
+            if getattr(settings, name) is not None
+        },
         **pass_through(settings),
-    }  # fmt: skip
+    }
     per_token = kv_bytes_per_token(config, source.dtype, settings.kv_cache_dtype)
     environment = {"VLLM_V1_OUTPUT_PROC_CHUNK_SIZE": str(OUTPUT_SLICE_SEQUENCES)}
     environment = {k: v for k, v in environment.items() if k not in platform.environ}
@@ -335,13 +337,13 @@ def checkpoint_config(model: str) -> Any:
 def make_plan(settings: Settings) -> EnginePlan:
     """Resolve (and if needed convert) the model, read its config, plan the engine."""
     import psutil
-    from vllm.platforms import current_platform
 
     import rope_plugins
+    from server.vllm_compat import is_cpu_platform
 
     rope_plugins.register()
     source = resolve_model(settings)
-    cpu = current_platform.is_cpu()
+    cpu = is_cpu_platform()
     platform = Platform(
         cpu=cpu,
         memory_bytes=psutil.virtual_memory().total,
@@ -355,12 +357,12 @@ def make_plan(settings: Settings) -> EnginePlan:
 def cpu_topology() -> dict[str, Any]:
     """The cores (one logical CPU per physical core, as vLLM's auto binding picks them) and
     NUMA nodes this process may use, read with vLLM's own helpers."""
-    from vllm.utils import cpu_resource_utils
+    from server.vllm_compat import visible_cpus
 
+    cpus, nodes = visible_cpus()
     per_core: dict[int, int] = {}
-    for cpu in cpu_resource_utils.get_allowed_cpu_list():
+    for cpu in cpus:
         per_core[cpu.physical_core] = max(cpu.id, per_core.get(cpu.physical_core, -1))
-    nodes = cpu_resource_utils.get_visible_memory_node()
     return {"cores": tuple(sorted(per_core.values())), "numa_nodes": max(1, len(nodes))}
 
 

@@ -10,7 +10,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.errors import APIError
+from server.vllm_compat import resolve_chat_template_kwargs
 
+# apply_chat_template's arguments that requests set through fields of their own.
+TEMPLATE_ARGUMENTS = frozenset(
+    {"conversation", "messages", "tools", "add_generation_prompt", "continue_final_message"}
+)
 # Normalizers (NFC and the like) may merge characters: a tokenizer with one gets this much room.
 NORMALIZER_ALLOWANCE = 4
 
@@ -107,11 +112,27 @@ class PromptTokenizer:
                 tokenize=False,
                 add_generation_prompt=add_generation_prompt,
                 continue_final_message=continue_final_message,
-                **(extra or {}),
+                **self.template_kwargs(extra),
             )
         except Exception as error:  # the template's own raise_exception, or a Jinja error
             raise APIError(400, f"messages: {error}", param="messages") from None
         return Prompt(await self.encode(text, add_special_tokens=False, param="messages"), text)
+
+    def template_kwargs(self, extra: dict[str, Any] | None) -> dict[str, Any]:
+        """``chat_template_kwargs`` that the template or ``apply_chat_template`` declares, as
+        vLLM's server filters them; the rest are dropped (a 400 for ``chat_template`` and
+        ``tokenize``, which would change what is rendered into something else)."""
+        if not extra:
+            return {}
+        template = self.chat_template or self.tokenizer.chat_template
+        if not isinstance(template, str):
+            return {}
+        try:
+            accepted = resolve_chat_template_kwargs(self.tokenizer, template, extra)
+        except ValueError as error:
+            param = "chat_template_kwargs"
+            raise APIError(400, f"{param}: {error}", param=param) from None
+        return {k: v for k, v in accepted.items() if k not in TEMPLATE_ARGUMENTS}
 
     @staticmethod
     def truncated(prompt: Prompt, keep: int | None) -> Prompt:

@@ -1,14 +1,21 @@
 """OpenAI response bodies and stream chunks, built as plain dicts from vLLM outputs."""
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from vllm.logprobs import Logprob
-from vllm.outputs import RequestOutput
+from vllm import RequestOutput
+
+from server.vllm_compat import LOGPROB_FLOOR, Logprob
 
 Decode = Callable[[int], str]
 LogprobStep = dict[int, Logprob] | None
+
+
+def clamped(logprob: float) -> float:
+    """vLLM's floor for a log-probability in OpenAI's shapes (-inf and NaN included)."""
+    return LOGPROB_FLOOR if math.isnan(logprob) else max(logprob, LOGPROB_FLOOR)
 
 
 def sse(payload: dict[str, Any]) -> str:
@@ -41,7 +48,7 @@ def prompt_logprobs(steps: Sequence[LogprobStep] | None) -> list[dict[str, Any] 
     return [
         {
             str(token_id): {
-                "logprob": entry.logprob,
+                "logprob": clamped(entry.logprob),
                 "rank": entry.rank,
                 "decoded_token": entry.decoded_token,
             }
@@ -84,10 +91,10 @@ def completion_logprobs(
     for token_id, step in zip(token_ids, steps, strict=True):
         text = _token_text(token_id, step, decode)
         tokens.append(text)
-        token_logprobs.append(step[token_id].logprob if step else None)
+        token_logprobs.append(clamped(step[token_id].logprob) if step else None)
         top = _top(step, token_id, k)
         top_logprobs.append(
-            {_token_text(i, step, decode): e.logprob for i, e in top} if step else None
+            {_token_text(i, step, decode): clamped(e.logprob) for i, e in top} if step else None
         )
         text_offset.append(offset)
         offset += len(text)
@@ -110,7 +117,7 @@ def chat_logprobs(
 
     def item(token_id: int, entry: Logprob, step: LogprobStep) -> dict[str, Any]:
         text = _token_text(token_id, step, decode)
-        return {"token": text, "logprob": entry.logprob, "bytes": list(text.encode())}
+        return {"token": text, "logprob": clamped(entry.logprob), "bytes": list(text.encode())}
 
     content = []
     for token_id, step in zip(token_ids, steps, strict=True):

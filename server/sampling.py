@@ -4,11 +4,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from vllm import SamplingParams
-from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
 from server.errors import APIError, as_api_error
 from server.prompts import Prompt
 from server.protocol import SamplingRequest
+from server.vllm_compat import RequestOutputKind, StructuredOutputsParams
 
 
 @dataclass(frozen=True)

@@ -5,22 +5,24 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
-from vllm.tool_parsers.abstract_tool_parser import ToolParser
 
-from server.engine import Engine
+from server.engine_client import EngineClient
 from server.execution import Executor
 from server.lora import Adapters
+from server.metrics import Metrics
 from server.middleware import ServerState
 from server.prompts import PromptTokenizer
 from server.sampling import Limits
 from server.settings import Settings
+from server.vllm_compat import ToolParser
 
 
 @dataclass
 class Services:
     settings: Settings
-    engine: Engine
+    engine: EngineClient
     state: ServerState
+    metrics: Metrics
     prompts: PromptTokenizer
     executor: Executor
     limits: Limits

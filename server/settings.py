@@ -171,6 +171,11 @@ class Settings(BaseSettings):
         description="Seconds a response_format, grammar or tool schema may take to "
         "compile before the request is refused",
     )
+    constraint_compiler: Literal["eager", "lazy"] = Field(
+        "eager",
+        description="Start the constraint compiler process with the engine (eager), or at "
+        "the first request with a constraint (lazy: a faster start, a slower first one)",
+    )
     max_connections: int = Field(
         1024, ge=1, description="Open connections; more are closed at once"
     )

@@ -11,15 +11,15 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from vllm.entrypoints.generate.base.protocol import make_tool_call_id
-from vllm.entrypoints.openai.chat_completion.protocol import (
-    ChatCompletionRequest as VllmChatRequest,
-)
-from vllm.tool_parsers.abstract_tool_parser import ToolParser, ToolParserManager
-from vllm.tool_parsers.utils import get_json_schema_from_tools
-
 from server.errors import APIError
 from server.protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice
+from server.vllm_compat import (
+    ToolParser,
+    ToolParserManager,
+    VllmChatRequest,
+    get_json_schema_from_tools,
+    make_tool_call_id,
+)
 
 
 def parser_class(name: str | None) -> type[ToolParser] | None:

@@ -34,14 +34,17 @@ def demo_cache(tmp_path_factory):
 def demo_server(demo_cache, tmp_path_factory):
     running = start_server(
         [
-            "--cache-dir", str(demo_cache),
+            "--cache-dir",
+            str(demo_cache),
             "--enforce-eager",
-            "--cpu-kv-cache-space-gib", "2",
-            "--max-num-seqs", "4",
+            "--cpu-kv-cache-space-gib",
+            "2",
+            "--max-num-seqs",
+            "4",
         ],
         tmp_path_factory.mktemp("demo") / "server.log",
         timeout=600,  # conversion of the GGUF file, then a 30-layer model's start-up
-    )  # fmt: skip
+    )
     yield running
     stop_server(running)
 
@@ -139,8 +142,10 @@ def test_prompt_logprobs_past_the_trained_context_match_transformers(demo_server
     """
     ids, expected = long_prompt
     difference = (served_logprobs(demo_server, ids) - expected).abs()
-    print(f"\nserved vs transformers over {len(ids)} tokens: mean |diff| "
-          f"{difference.mean():.2e}, max {difference.max():.2e}")  # fmt: skip
+    print(
+        f"\nserved vs transformers over {len(ids)} tokens: mean |diff| "
+        f"{difference.mean():.2e}, max {difference.max():.2e}"
+    )
     assert difference.mean() < 1e-3
     assert difference.max() < 5e-2
     past = difference[TRAINED:]
@@ -157,20 +162,31 @@ def test_an_fp8_kv_cache_serves_the_long_prompt_close_to_float32(
     is rounded by up to 6%) against the float32 reference on the same 9000 tokens."""
     ids, expected = long_prompt
     fp8 = start_server(
-        ["--cache-dir", str(demo_cache), "--enforce-eager", "--kv-cache-dtype", "fp8",
-         "--cpu-kv-cache-space-gib", "1", "--max-num-seqs", "2"],
+        [
+            "--cache-dir",
+            str(demo_cache),
+            "--enforce-eager",
+            "--kv-cache-dtype",
+            "fp8",
+            "--cpu-kv-cache-space-gib",
+            "1",
+            "--max-num-seqs",
+            "2",
+        ],
         tmp_path_factory.mktemp("demo-fp8") / "server.log",
         timeout=600,
-    )  # fmt: skip
+    )
     try:
         served = served_logprobs(fp8, ids)
         output = fp8.output()
     finally:
         stop_server(fp8)
     difference = (served - expected).abs()
-    print(f"\nfp8 KV cache vs float32 over {len(ids)} tokens: mean |diff| "
-          f"{difference.mean():.2e}, max {difference.max():.2e}, "
-          f"mean signed {(served - expected).mean():+.2e}")  # fmt: skip
+    print(
+        f"\nfp8 KV cache vs float32 over {len(ids)} tokens: mean |diff| "
+        f"{difference.mean():.2e}, max {difference.max():.2e}, "
+        f"mean signed {(served - expected).mean():+.2e}"
+    )
     assert "sequences of 32768 tokens" in output
     assert difference.mean() < FP8_MEAN_BOUND
     assert difference.mean() > 1e-4  # the cache really is fp8: float32 differs by 1e-5
@@ -189,9 +205,13 @@ def test_langchain_invoke_and_stream(demo_server):
     from langchain_openai import ChatOpenAI
 
     llm = ChatOpenAI(
-        base_url=f"{demo_server.base_url}/v1", api_key="none", model=DEMO_NAME,
-        temperature=0, max_tokens=24, max_retries=0,
-    )  # fmt: skip
+        base_url=f"{demo_server.base_url}/v1",
+        api_key="none",
+        model=DEMO_NAME,
+        temperature=0,
+        max_tokens=24,
+        max_retries=0,
+    )
     answer = llm.invoke("What is the capital of France?").content
     assert "Paris" in answer
     streamed = llm.stream("What is the capital of France?")
@@ -204,9 +224,13 @@ def test_langchain_structured_output_and_instructor_fit_the_schema(demo_server):
     from openai import OpenAI
 
     llm = ChatOpenAI(
-        base_url=f"{demo_server.base_url}/v1", api_key="none", model=DEMO_NAME,
-        temperature=0, max_tokens=80, max_retries=0,
-    )  # fmt: skip
+        base_url=f"{demo_server.base_url}/v1",
+        api_key="none",
+        model=DEMO_NAME,
+        temperature=0,
+        max_tokens=80,
+        max_retries=0,
+    )
     answer = llm.with_structured_output(Capital, method="json_schema").invoke(CAPITAL_QUESTION)
     assert isinstance(answer, Capital) and "Paris" in answer.capital
     patched = instructor.from_openai(
@@ -214,17 +238,24 @@ def test_langchain_structured_output_and_instructor_fit_the_schema(demo_server):
         mode=instructor.Mode.JSON_SCHEMA,
     )
     answer = patched.chat.completions.create(
-        model=DEMO_NAME, response_model=Capital, max_retries=0, temperature=0, max_tokens=80,
+        model=DEMO_NAME,
+        response_model=Capital,
+        max_retries=0,
+        temperature=0,
+        max_tokens=80,
         messages=[{"role": "user", "content": CAPITAL_QUESTION}],
-    )  # fmt: skip
+    )
     assert isinstance(answer, Capital) and "Paris" in answer.capital
 
 
 def test_json_mode_gives_a_json_object(client):
     reply = client.chat.completions.create(
-        model=DEMO_NAME, temperature=0, max_tokens=80, response_format={"type": "json_object"},
+        model=DEMO_NAME,
+        temperature=0,
+        max_tokens=80,
+        response_format={"type": "json_object"},
         messages=[{"role": "user", "content": CAPITAL_QUESTION}],
-    )  # fmt: skip
+    )
     assert isinstance(json.loads(reply.choices[0].message.content), dict)
 
 
@@ -233,11 +264,19 @@ def test_a_tool_result_in_the_history_is_answered(client):
     messages = [
         {"role": "developer", "content": "You answer with the tool's result."},
         {"role": "user", "content": "What is the weather in Paris?"},
-        {"role": "assistant", "content": None, "tool_calls": [{
-            "id": "call_1", "type": "function",
-            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 24 degrees."},
-    ]  # fmt: skip
+    ]
     reply = client.chat.completions.create(
         model=DEMO_NAME, messages=messages, temperature=0, max_tokens=30
     )

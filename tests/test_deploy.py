@@ -66,8 +66,12 @@ def test_every_rendered_manifest_is_valid_kubernetes(example):
         if document["kind"] == "LeaderWorkerSet":  # a CRD: its pod templates are core
             assert document["apiVersion"] == "leaderworkerset.x-k8s.io/v1"
             for template in lws_templates(document).values():
-                pod_template = {"apiVersion": "v1", "kind": "PodTemplate",
-                                "metadata": {"name": "t"}, "template": template}  # fmt: skip
+                pod_template = {
+                    "apiVersion": "v1",
+                    "kind": "PodTemplate",
+                    "metadata": {"name": "t"},
+                    "template": template,
+                }
                 kubernetes_validate.validate(pod_template, KUBERNETES_VERSION, strict=True)
             continue
         kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
@@ -154,8 +158,14 @@ def test_schema_rejects_bad_values(values, message):
 
 
 def test_max_context_above_factor_times_original_is_refused():
-    values = {"rope": {"type": "resonance_yarn", "factor": 2,
-                       "originalMaxPositionEmbeddings": 4096, "maxModelLen": 9000}}  # fmt: skip
+    values = {
+        "rope": {
+            "type": "resonance_yarn",
+            "factor": 2,
+            "originalMaxPositionEmbeddings": 4096,
+            "maxModelLen": 9000,
+        }
+    }
     with pytest.raises(helm.HelmRenderError, match=r"rope.maxModelLen \(9000\) is longer"):
         render(values)
 
@@ -260,8 +270,11 @@ def test_engine_args_in_values_reach_the_server_as_vllm_arguments():
     assert settings.engine_args == {
         "max_num_batched_tokens": 4096,
         "speculative_config": {
-            "method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4},
-    }  # fmt: skip
+            "method": "ngram",
+            "num_speculative_tokens": 4,
+            "prompt_lookup_max": 4,
+        },
+    }
 
 
 def test_router_finds_the_server_pods_and_takes_the_ingress():
@@ -306,8 +319,10 @@ def test_multinode_lws_runs_node_0_on_the_leader_and_the_others_on_the_workers()
         (pod,) = template["spec"]["containers"]
         # what the LeaderWorkerSet controller puts into each pod's environment
         index = "0" if role == "leader" else "1"
-        args = [a.replace("$(LWS_WORKER_INDEX)", index)
-                 .replace("$(LWS_LEADER_ADDRESS)", "rs-0.rs.llm") for a in pod["args"]]  # fmt: skip
+        args = [
+            a.replace("$(LWS_WORKER_INDEX)", index).replace("$(LWS_LEADER_ADDRESS)", "rs-0.rs.llm")
+            for a in pod["args"]
+        ]
         settings = load_settings(args)
         assert (settings.nnodes, settings.node_rank) == (2, int(index))
         assert settings.master_addr == "rs-0.rs.llm" and settings.master_port == 29501

@@ -42,11 +42,26 @@ def perplexity_run(server, http, tmp_path_factory):
     out = tmp_path_factory.mktemp("perplexity")
     before = prompt_token_sum(http)
     code = run_eval(
-        "perplexity", "--base-url", server.base_url, "--model", MODEL_NAME,
-        "--api-key", API_KEY, "--lengths", ",".join(map(str, LENGTHS)),
-        "--documents", "2", "--bucket", "128", "--out", str(out),
-        "--trained-context", str(ORIGINAL_CONTEXT), "--concurrency", "2",
-    )  # fmt: skip
+        "perplexity",
+        "--base-url",
+        server.base_url,
+        "--model",
+        MODEL_NAME,
+        "--api-key",
+        API_KEY,
+        "--lengths",
+        ",".join(map(str, LENGTHS)),
+        "--documents",
+        "2",
+        "--bucket",
+        "128",
+        "--out",
+        str(out),
+        "--trained-context",
+        str(ORIGINAL_CONTEXT),
+        "--concurrency",
+        "2",
+    )
     return code, out, prompt_token_sum(http) - before
 
 
@@ -100,10 +115,24 @@ def test_passkey_places_the_key_where_asked_and_scores_it(server, http, tmp_path
     out = tmp_path / "passkey"
     before = prompt_token_sum(http)
     code = run_eval(
-        "passkey", "--base-url", server.base_url, "--model", MODEL_NAME, "--api-key", API_KEY,
-        "--lengths", "300,900", "--depths", "0,0.5,1", "--samples", "1", "--candidates", "2",
-        "--out", str(out),
-    )  # fmt: skip
+        "passkey",
+        "--base-url",
+        server.base_url,
+        "--model",
+        MODEL_NAME,
+        "--api-key",
+        API_KEY,
+        "--lengths",
+        "300,900",
+        "--depths",
+        "0,0.5,1",
+        "--samples",
+        "1",
+        "--candidates",
+        "2",
+        "--out",
+        str(out),
+    )
     assert code == 0
     summary, samples = load(out)
     assert len(samples) == 6 and len(summary["cells"]) == 6
@@ -138,8 +167,17 @@ def test_failing_and_unreachable_servers_are_reported_not_raised(
     server, tmp_path, evaluation, where, key, lengths, error
 ):
     url = server.base_url if where == "server" else f"http://127.0.0.1:{free_port()}"
-    arguments = [evaluation, "--base-url", url, "--model", MODEL_NAME, "--lengths", lengths,
-                 "--out", str(tmp_path)]  # fmt: skip
+    arguments = [
+        evaluation,
+        "--base-url",
+        url,
+        "--model",
+        MODEL_NAME,
+        "--lengths",
+        lengths,
+        "--out",
+        str(tmp_path),
+    ]
     if key:
         arguments += ["--api-key", key]
     assert run_eval(*arguments) == 1
@@ -161,17 +199,38 @@ def test_vllms_own_server_gives_the_same_numbers(
     port = free_port()
     log = tmp_path_factory.mktemp("vllm-server") / "server.log"
     command = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(resonance_checkpoint), "--served-model-name", MODEL_NAME,
-        "--dtype", "float32", "--enforce-eager", "--port", str(port), "--max-num-seqs", "8",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(resonance_checkpoint),
+        "--served-model-name",
+        MODEL_NAME,
+        "--dtype",
+        "float32",
+        "--enforce-eager",
+        "--port",
+        str(port),
+        "--max-num-seqs",
+        "8",
+    ]
     out = tmp_path_factory.mktemp("perplexity-vllm")
     with serving(command, port, log, timeout=300) as vllm_server:
         code = run_eval(
-            "perplexity", "--base-url", vllm_server.base_url, "--model", MODEL_NAME,
-            "--lengths", ",".join(map(str, LENGTHS)), "--documents", "2", "--bucket", "128",
-            "--out", str(out),
-        )  # fmt: skip
+            "perplexity",
+            "--base-url",
+            vllm_server.base_url,
+            "--model",
+            MODEL_NAME,
+            "--lengths",
+            ",".join(map(str, LENGTHS)),
+            "--documents",
+            "2",
+            "--bucket",
+            "128",
+            "--out",
+            str(out),
+        )
     assert code == 0
     theirs, _ = load(out)
     mine, _ = load(ours)

@@ -24,9 +24,20 @@ from tests.test_server_api import token_prompt
 pytestmark = pytest.mark.engine
 
 BASE, ADAPTER, RANK, SEQ_LEN = "tuned", "tuned-lora", 8, 512
-TRAINING = ["--rope-type", "resonance_yarn", "--rope-factor", str(FACTOR),
-            "--seq-len", str(SEQ_LEN), "--gradient-accumulation", "2", "--learning-rate", "1e-3",
-            "--warmup-steps", "1"]  # fmt: skip
+TRAINING = [
+    "--rope-type",
+    "resonance_yarn",
+    "--rope-factor",
+    str(FACTOR),
+    "--seq-len",
+    str(SEQ_LEN),
+    "--gradient-accumulation",
+    "2",
+    "--learning-rate",
+    "1e-3",
+    "--warmup-steps",
+    "1",
+]
 
 
 def run_finetune(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -51,16 +62,36 @@ def corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def whole(plain_checkpoint, corpus, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "whole"
-    run_finetune("--model", str(plain_checkpoint), "--corpus", str(corpus), "--out", str(out),
-                 "--steps", "6", *TRAINING)  # fmt: skip
+    run_finetune(
+        "--model",
+        str(plain_checkpoint),
+        "--corpus",
+        str(corpus),
+        "--out",
+        str(out),
+        "--steps",
+        "6",
+        *TRAINING,
+    )
     return out
 
 
 @pytest.fixture(scope="module")
 def lora(whole, corpus, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "lora"
-    run_finetune("--model", str(whole), "--corpus", str(corpus), "--out", str(out),
-                 "--steps", "4", "--lora-rank", str(RANK), *TRAINING)  # fmt: skip
+    run_finetune(
+        "--model",
+        str(whole),
+        "--corpus",
+        str(corpus),
+        "--out",
+        str(out),
+        "--steps",
+        "4",
+        "--lora-rank",
+        str(RANK),
+        *TRAINING,
+    )
     return out
 
 
@@ -68,12 +99,25 @@ def lora(whole, corpus, tmp_path_factory) -> Path:
 def http(lora, tmp_path_factory):
     import httpx
 
-    with served(
-        ["--model", str(lora / "base"), "--served-model-name", BASE, "--dtype", "float32",
-         "--enforce-eager", "--lora-module", f"{ADAPTER}={lora / 'adapter'}",
-         "--max-lora-rank", str(RANK)],
-        tmp_path_factory.mktemp("finetuned") / "server.log",
-    ) as running, httpx.Client(base_url=running.base_url, timeout=120) as session:  # fmt: skip
+    with (
+        served(
+            [
+                "--model",
+                str(lora / "base"),
+                "--served-model-name",
+                BASE,
+                "--dtype",
+                "float32",
+                "--enforce-eager",
+                "--lora-module",
+                f"{ADAPTER}={lora / 'adapter'}",
+                "--max-lora-rank",
+                str(RANK),
+            ],
+            tmp_path_factory.mktemp("finetuned") / "server.log",
+        ) as running,
+        httpx.Client(base_url=running.base_url, timeout=120) as session,
+    ):
         yield session
 
 
@@ -82,10 +126,13 @@ def test_the_written_config_carries_the_scaling(whole, lora):
         config = json.loads((folder / "config.json").read_text())
         assert config["max_position_embeddings"] == SERVED_CONTEXT
         assert config["rope_parameters"] | {"rope_theta": None} == {
-            "rope_type": "resonance_yarn", "factor": float(FACTOR), "rope_theta": None,
+            "rope_type": "resonance_yarn",
+            "factor": float(FACTOR),
+            "rope_theta": None,
             "original_max_position_embeddings": ORIGINAL_CONTEXT,
-            "beta_fast": 32.0, "beta_slow": 1.0,
-        }  # fmt: skip
+            "beta_fast": 32.0,
+            "beta_slow": 1.0,
+        }
 
 
 def test_training_changed_the_weights_and_reported_held_out_loss(plain_checkpoint, whole, lora):
@@ -114,8 +161,10 @@ def test_served_log_probabilities_equal_transformers_on_the_written_checkpoints(
         (ADAPTER, transformers_logprobs(lora / "base", ids, lora / "adapter")),
     ):
         difference = (prompt_logprobs(http, model, ids) - expected).abs()
-        print(f"\n{model} served vs transformers: mean {difference.mean():.2e}, "
-              f"max {difference.max():.2e}")  # fmt: skip
+        print(
+            f"\n{model} served vs transformers: mean {difference.mean():.2e}, "
+            f"max {difference.max():.2e}"
+        )
         assert difference.mean() < 5e-4 and difference.max() < 1e-2
     effect = (prompt_logprobs(http, BASE, ids) - prompt_logprobs(http, ADAPTER, ids)).abs().mean()
     assert effect > 1e-4  # the trained adapter is served, not the base again
@@ -132,10 +181,24 @@ def test_models_shows_the_trained_scaling(http):
 
 def test_an_interrupted_run_resumes_from_its_last_save(plain_checkpoint, corpus, tmp_path):
     out = tmp_path / "resumed"
-    args = ["--model", str(plain_checkpoint), "--corpus", str(corpus), "--out", str(out),
-            "--steps", "40", "--save-steps", "2", *TRAINING]  # fmt: skip
-    process = subprocess.Popen([sys.executable, "-m", "finetune.cli", *args],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    args = [
+        "--model",
+        str(plain_checkpoint),
+        "--corpus",
+        str(corpus),
+        "--out",
+        str(out),
+        "--steps",
+        "40",
+        "--save-steps",
+        "2",
+        *TRAINING,
+    ]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "finetune.cli", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     while not list((out / "checkpoints").glob("checkpoint-*/trainer_state.json")):
         assert process.poll() is None and time.monotonic() < deadline
@@ -160,16 +223,27 @@ def test_an_interrupted_run_resumes_from_its_last_save(plain_checkpoint, corpus,
         (["--tiny-corpus"], "fewer than one sequence"),
     ],
 )
-def test_refusals_are_one_line_and_write_nothing(plain_checkpoint, corpus, tmp_path, change,
-                                                 words, capsys):  # fmt: skip
+def test_refusals_are_one_line_and_write_nothing(
+    plain_checkpoint, corpus, tmp_path, change, words, capsys
+):
     small = tmp_path / "small.txt"
     small.write_text("Hello there.")
     chosen = str(small) if change == ["--tiny-corpus"] else str(corpus)
     change = [] if change == ["--tiny-corpus"] else change
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as stopped:
-        finetune(["--model", str(plain_checkpoint), "--corpus", chosen, "--out", str(out),
-                  *TRAINING, *change])  # fmt: skip
+        finetune(
+            [
+                "--model",
+                str(plain_checkpoint),
+                "--corpus",
+                chosen,
+                "--out",
+                str(out),
+                *TRAINING,
+                *change,
+            ]
+        )
     message = str(stopped.value.code)
     assert message.startswith("resonance-finetune: error:") and words in message
     assert "\n" not in message

@@ -66,15 +66,20 @@ def test_a_gguf_file_is_served(gguf_path, offline_llm, tmp_path_factory):
 
     server = start_server(
         [
-            "--model", str(gguf_path),
-            "--cache-dir", str(tmp_path_factory.mktemp("gguf-cache")),
-            "--rope-type", "resonance_yarn",
-            "--rope-factor", str(FACTOR),
-            "--dtype", "float32",
+            "--model",
+            str(gguf_path),
+            "--cache-dir",
+            str(tmp_path_factory.mktemp("gguf-cache")),
+            "--rope-type",
+            "resonance_yarn",
+            "--rope-factor",
+            str(FACTOR),
+            "--dtype",
+            "float32",
             "--enforce-eager",
         ],
         tmp_path_factory.mktemp("gguf-server") / "server.log",
-    )  # fmt: skip
+    )
     try:
         client = OpenAI(base_url=f"{server.base_url}/v1", api_key="none", max_retries=0)
         (model,) = client.models.list().data

@@ -75,8 +75,11 @@ def test_run_against_the_server_reports_what_was_sent(server, http, tmp_path):
     summary = asyncio.run(run_loadtest(options))
     levels = summary["levels"]
     assert [(lv["load_value"], lv["prompt_tokens"]) for lv in levels] == [
-        (1, 200), (1, 700), (2, 200), (2, 700),
-    ]  # fmt: skip
+        (1, 200),
+        (1, 700),
+        (2, 200),
+        (2, 700),
+    ]
     for level in levels:
         assert level["completed"] + level["failed"] == 5
         assert level["completed"] == 5, level["errors"]
@@ -106,13 +109,33 @@ def test_failing_requests_are_reported_as_errors(server, tmp_path):
     """Output that cannot fit the context: every request gets 400, the run still reports."""
     result = subprocess.run(
         [
-            sys.executable, "-m", "loadtests",
-            "--base-url", server.base_url, "--model", MODEL_NAME, "--api-key", API_KEY,
-            "--prompt-tokens", "700", "--output-tokens", "5000", "--request-rate", "20",
-            "--num-requests", "4", "--warmup", "0", "--out", str(tmp_path), "--no-plots",
+            sys.executable,
+            "-m",
+            "loadtests",
+            "--base-url",
+            server.base_url,
+            "--model",
+            MODEL_NAME,
+            "--api-key",
+            API_KEY,
+            "--prompt-tokens",
+            "700",
+            "--output-tokens",
+            "5000",
+            "--request-rate",
+            "20",
+            "--num-requests",
+            "4",
+            "--warmup",
+            "0",
+            "--out",
+            str(tmp_path),
+            "--no-plots",
         ],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     (level,) = json.loads((tmp_path / "summary.json").read_text())["levels"]
     assert (level["completed"], level["failed"]) == (0, 4)
@@ -124,21 +147,62 @@ def test_failing_requests_are_reported_as_errors(server, tmp_path):
 def test_locust_master_and_worker_share_the_prompt_builder(server, tmp_path):
     locustfile = "loadtests/locustfile.py"
     port = free_port()
-    common = ["--model", MODEL_NAME, "--api-key", API_KEY, "--prompt-tokens", "300",
-              "--output-tokens", "8"]  # fmt: skip
+    common = [
+        "--model",
+        MODEL_NAME,
+        "--api-key",
+        API_KEY,
+        "--prompt-tokens",
+        "300",
+        "--output-tokens",
+        "8",
+    ]
     master = subprocess.Popen(
-        [sys.executable, "-m", "locust", "-f", locustfile, "--master", "--headless",
-         "--expect-workers", "1", "-u", "2", "-r", "2", "-t", "6s", "--host", server.base_url,
-         "--master-bind-port", str(port), "--csv", str(tmp_path / "run"), "--only-summary",
-         *common],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            locustfile,
+            "--master",
+            "--headless",
+            "--expect-workers",
+            "1",
+            "-u",
+            "2",
+            "-r",
+            "2",
+            "-t",
+            "6s",
+            "--host",
+            server.base_url,
+            "--master-bind-port",
+            str(port),
+            "--csv",
+            str(tmp_path / "run"),
+            "--only-summary",
+            *common,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "locust", "-f", locustfile, "--worker",
-             "--master-port", str(port), *common],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "locust",
+                "-f",
+                locustfile,
+                "--worker",
+                "--master-port",
+                str(port),
+                *common,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         master.wait(90)
         worker.wait(30)
     finally:
@@ -173,9 +237,16 @@ def test_long_document_sessions_report_first_turns_and_cached_follow_ups(server,
     from loadtests.api import run_session_load
 
     options = Options(
-        base_url=server.base_url, model=MODEL_NAME, api_key=API_KEY, prompt_tokens=[],
-        output_tokens=6, sessions=2, turns=3, document_tokens=300, out=tmp_path,
-    )  # fmt: skip
+        base_url=server.base_url,
+        model=MODEL_NAME,
+        api_key=API_KEY,
+        prompt_tokens=[],
+        output_tokens=6,
+        sessions=2,
+        turns=3,
+        document_tokens=300,
+        out=tmp_path,
+    )
     summary = asyncio.run(run_session_load(options))
     first, *follow_ups = summary["turns"]
     assert [row["completed"] for row in summary["turns"]] == [2, 2, 2]

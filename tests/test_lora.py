@@ -30,8 +30,9 @@ def make_adapter(checkpoint, out, rank: int, seed: int):
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"],
-                        init_lora_weights=False)  # fmt: skip
+    config = LoraConfig(
+        r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+    )
     get_peft_model(model, config).save_pretrained(out)
     return out
 
@@ -45,14 +46,27 @@ def adapter(plain_checkpoint, tmp_path_factory):
 def lora_server(plain_checkpoint, adapter, tmp_path_factory):
     with served(
         [
-            "--model", str(plain_checkpoint), "--served-model-name", BASE,
-            "--rope-type", "resonance_yarn", "--rope-factor", str(FACTOR),
-            "--dtype", "float32", "--enforce-eager", "--api-key", KEY,
-            "--lora-module", f"{ADAPTER}={adapter}", "--max-lora-rank", str(RANK),
+            "--model",
+            str(plain_checkpoint),
+            "--served-model-name",
+            BASE,
+            "--rope-type",
+            "resonance_yarn",
+            "--rope-factor",
+            str(FACTOR),
+            "--dtype",
+            "float32",
+            "--enforce-eager",
+            "--api-key",
+            KEY,
+            "--lora-module",
+            f"{ADAPTER}={adapter}",
+            "--max-lora-rank",
+            str(RANK),
             "--allow-runtime-lora",
         ],
         tmp_path_factory.mktemp("lora") / "server.log",
-    ) as running:  # fmt: skip
+    ) as running:
         yield running
 
 
@@ -97,10 +111,13 @@ def served_scaling(checkpoint) -> dict:
 
     rope = AutoConfig.from_pretrained(checkpoint).rope_parameters
     rope_parameters = {
-        **rope, "rope_type": "resonance_yarn", "factor": float(FACTOR),
-        "original_max_position_embeddings": ORIGINAL_CONTEXT, "beta_fast": 32.0,
+        **rope,
+        "rope_type": "resonance_yarn",
+        "factor": float(FACTOR),
+        "original_max_position_embeddings": ORIGINAL_CONTEXT,
+        "beta_fast": 32.0,
         "beta_slow": 1.0,
-    }  # fmt: skip
+    }
     return {"rope_parameters": rope_parameters, "max_position_embeddings": SERVED_CONTEXT}
 
 
@@ -117,8 +134,10 @@ def test_the_adapter_is_served_as_transformers_and_peft_compute_it(http, plain_c
     scaling = served_scaling(plain_checkpoint)
     expected = transformers_logprobs(plain_checkpoint, ids, adapter, **scaling)
     difference = (served - expected).abs()
-    print(f"\nadapter served vs transformers+peft: mean {difference.mean():.2e}, "
-          f"max {difference.max():.2e}")  # fmt: skip
+    print(
+        f"\nadapter served vs transformers+peft: mean {difference.mean():.2e}, "
+        f"max {difference.max():.2e}"
+    )
     assert difference.mean() < 5e-4 and difference.max() < 1e-2
     base = prompt_logprobs(http, BASE, ids)
     effect = (base - served).abs().mean()
@@ -149,8 +168,9 @@ def test_runtime_load_and_unload(http, lora_server, plain_checkpoint, tmp_path):
     assert anonymous.status_code == 401
     assert http.post("/v1/load_lora_adapter", json=body).status_code == 200
     ids = token_prompt(30, salt=6)
-    generated = http.post("/v1/completions", json={"model": "second", "prompt": ids,
-                                                   "max_tokens": 4})  # fmt: skip
+    generated = http.post(
+        "/v1/completions", json={"model": "second", "prompt": ids, "max_tokens": 4}
+    )
     assert generated.status_code == 200 and generated.json()["model"] == "second"
     assert http.post("/v1/load_lora_adapter", json=body).status_code == 400  # loaded already
     assert http.post("/v1/unload_lora_adapter", json={"lora_name": "second"}).status_code == 200
@@ -169,8 +189,9 @@ def test_bad_adapters_are_refused_and_leave_nothing_behind(http, plain_checkpoin
         ("missing", tmp_path / "nothing-here", "no adapter at"),
         ("broken", broken, "could not be loaded"),
     ]:
-        response = http.post("/v1/load_lora_adapter", json={"lora_name": name,
-                                                            "lora_path": str(path)})  # fmt: skip
+        response = http.post(
+            "/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(path)}
+        )
         assert response.status_code == 400, response.text
         assert words in response.json()["error"]["message"]
     names = [card["id"] for card in http.get("/v1/models").json()["data"]]

@@ -98,14 +98,21 @@ def test_vllm_structured_outputs_field(http, constraint, check, endpoint):
 @pytest.mark.parametrize(
     ("fields", "param"),
     [
-        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
-            "type": "objectish"}}}}, "response_format"),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": "objectish"}},
+                }
+            },
+            "response_format",
+        ),
         ({"structured_outputs": {"regex": "(unclosed"}}, "structured_outputs"),
         ({"structured_outputs": {"grammar": "root ::= missing_rule"}}, "structured_outputs"),
         ({"structured_outputs": {"regex": "a", "choice": ["b"]}}, "structured_outputs"),
         ({"response_format": {"type": "json_schema"}}, "response_format"),
     ],
-)  # fmt: skip
+)
 def test_a_constraint_that_cannot_compile_is_a_400_naming_its_field(http, fields, param):
     response = chat(http, max_tokens=5, **fields)
     assert response.status_code == 400, response.text
@@ -118,8 +125,10 @@ def test_a_hostile_schema_is_refused_in_bounded_time_while_others_are_served(htt
     asks for far more than the limit); the server refuses it at its limit (5 s) and serves
     plain requests meanwhile."""
     hostile = {"type": "string", "enum": [f"value-{i}-{'x' * 20}" for i in range(20_000)]}
-    fields = {"response_format": {"type": "json_schema", "json_schema": {
-        "name": "h", "schema": hostile}}, "max_tokens": 10}  # fmt: skip
+    fields = {
+        "response_format": {"type": "json_schema", "json_schema": {"name": "h", "schema": hostile}},
+        "max_tokens": 10,
+    }
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         started = time.monotonic()
         refused = pool.submit(chat, http, **fields)
@@ -163,9 +172,13 @@ def test_langchain_bind_tools_with_a_forced_tool(server):
     from tests.conftest import API_KEY
 
     llm = ChatOpenAI(
-        base_url=f"{server.base_url}/v1", api_key=API_KEY, model=MODEL_NAME,
-        temperature=0, max_tokens=200, max_retries=0,
-    )  # fmt: skip
+        base_url=f"{server.base_url}/v1",
+        api_key=API_KEY,
+        model=MODEL_NAME,
+        temperature=0,
+        max_tokens=200,
+        max_retries=0,
+    )
     message = llm.bind_tools([GetWeather], tool_choice="GetWeather").invoke("Weather in Paris?")
     (call,) = message.tool_calls
     assert call["name"] == "GetWeather" and call["id"]
@@ -174,12 +187,20 @@ def test_langchain_bind_tools_with_a_forced_tool(server):
 
 
 def test_required_tool_choice_calls_one_of_the_tools(http):
-    other = {"type": "function", "function": {"name": "noop", "parameters": {
-        "type": "object", "properties": {}, "additionalProperties": False}}}  # fmt: skip
+    other = {
+        "type": "function",
+        "function": {
+            "name": "noop",
+            "parameters": {"type": "object", "properties": {}, "additionalProperties": False},
+        },
+    }
     response = chat(
-        http, tools=[WEATHER_TOOL, other], tool_choice="required", max_tokens=300,
+        http,
+        tools=[WEATHER_TOOL, other],
+        tool_choice="required",
+        max_tokens=300,
         parallel_tool_calls=False,
-    )  # fmt: skip
+    )
     assert response.status_code == 200, response.text
     choice = response.json()["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
@@ -246,14 +267,28 @@ def test_tool_choice_none_and_absent_tools_give_text(http):
     ("fields", "param"),
     [
         ({"tool_choice": "required"}, "tool_choice"),
-        ({"tools": [WEATHER_TOOL], "tool_choice": {"type": "function", "function": {
-            "name": "missing"}}}, "tool_choice"),
+        (
+            {
+                "tools": [WEATHER_TOOL],
+                "tool_choice": {"type": "function", "function": {"name": "missing"}},
+            },
+            "tool_choice",
+        ),
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0"),
-        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {
-            "url": "http://x/y.png"}}]}]}, "messages.0.content.0"),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}],
+                    }
+                ]
+            },
+            "messages.0.content.0",
+        ),
         ({"messages": [{"role": "user", "content": None}]}, "messages.0"),
     ],
-)  # fmt: skip
+)
 def test_bad_tool_and_message_fields_are_a_400_naming_them(http, fields, param):
     response = chat(http, max_tokens=4, **fields)
     assert response.status_code == 400, response.text
@@ -261,10 +296,16 @@ def test_bad_tool_and_message_fields_are_a_400_naming_them(http, fields, param):
 
 
 def test_a_developer_message_is_read_as_the_system_message(http):
-    as_developer = chat(http, max_tokens=8, messages=[
-        {"role": "developer", "content": "Answer in one word."}, *QUESTION])  # fmt: skip
-    as_system = chat(http, max_tokens=8, messages=[
-        {"role": "system", "content": "Answer in one word."}, *QUESTION])  # fmt: skip
+    as_developer = chat(
+        http,
+        max_tokens=8,
+        messages=[{"role": "developer", "content": "Answer in one word."}, *QUESTION],
+    )
+    as_system = chat(
+        http,
+        max_tokens=8,
+        messages=[{"role": "system", "content": "Answer in one word."}, *QUESTION],
+    )
     assert as_developer.status_code == 200, as_developer.text
     assert as_developer.json()["usage"] == as_system.json()["usage"]
     assert as_developer.json()["choices"][0]["message"] == as_system.json()["choices"][0]["message"]
@@ -347,18 +388,31 @@ def test_bad_sampling_values_are_a_400_naming_them(http):
 def test_fields_that_cannot_change_the_output_are_accepted(http):
     plain = completion(http, "x", max_tokens=5)
     ignored = completion(
-        http, "x", max_tokens=5, user="u-1", store=False, metadata={"k": "v"},
+        http,
+        "x",
+        max_tokens=5,
+        user="u-1",
+        store=False,
+        metadata={"k": "v"},
         service_tier="auto",
-    )  # fmt: skip
+    )
     assert ignored["choices"][0]["text"] == plain["choices"][0]["text"]
 
 
 # What vllm-router 0.1.17 adds to every body it forwards (sglang-router adds the same).
-ROUTER_FIELDS = {"no_stop_trim": False, "ignore_eos": False, "skip_special_tokens": True,
-                 "return_hidden_states": False}  # fmt: skip
-CHAT_ROUTER_FIELDS = {**ROUTER_FIELDS, "continue_final_message": False,
-                      "separate_reasoning": True, "stream_reasoning": True,
-                      "include_reasoning": True}  # fmt: skip
+ROUTER_FIELDS = {
+    "no_stop_trim": False,
+    "ignore_eos": False,
+    "skip_special_tokens": True,
+    "return_hidden_states": False,
+}
+CHAT_ROUTER_FIELDS = {
+    **ROUTER_FIELDS,
+    "continue_final_message": False,
+    "separate_reasoning": True,
+    "stream_reasoning": True,
+    "include_reasoning": True,
+}
 
 
 def test_the_fields_cache_aware_routers_add_are_accepted(http):
@@ -394,21 +448,35 @@ def test_cached_tokens_count_prefix_cache_hits(http):
     again = completion(http, ids, max_tokens=2)["usage"]
     assert first["prompt_tokens_details"]["cached_tokens"] == 0
     assert 0 < again["prompt_tokens_details"]["cached_tokens"] < len(ids)
-    body = {"model": MODEL_NAME, "prompt": ids, "max_tokens": 2, "stream": True,
-            "stream_options": {"include_usage": True}}  # fmt: skip
+    body = {
+        "model": MODEL_NAME,
+        "prompt": ids,
+        "max_tokens": 2,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     with http.stream("POST", "/v1/completions", json=body) as response:
         events = [line[6:] for line in response.iter_lines() if line.startswith("data: {")]
     streamed = json.loads(events[-1])["usage"]
-    assert streamed["prompt_tokens_details"]["cached_tokens"] == again["prompt_tokens_details"][
-        "cached_tokens"]  # fmt: skip
+    assert (
+        streamed["prompt_tokens_details"]["cached_tokens"]
+        == again["prompt_tokens_details"]["cached_tokens"]
+    )
 
 
 def test_continuous_usage_stats_put_usage_in_every_chunk(http):
-    body = {"model": MODEL_NAME, "prompt": "x", "max_tokens": 5, "stream": True,
-            "ignore_eos": True, "stream_options": {"continuous_usage_stats": True}}  # fmt: skip
+    body = {
+        "model": MODEL_NAME,
+        "prompt": "x",
+        "max_tokens": 5,
+        "stream": True,
+        "ignore_eos": True,
+        "stream_options": {"continuous_usage_stats": True},
+    }
     with http.stream("POST", "/v1/completions", json=body) as response:
-        chunks = [json.loads(line[6:]) for line in response.iter_lines()
-                  if line.startswith("data: {")]  # fmt: skip
+        chunks = [
+            json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")
+        ]
     counts = [chunk["usage"]["completion_tokens"] for chunk in chunks]
     assert counts == sorted(counts) and counts[-1] == 5 and len(counts) >= 2
 

@@ -31,8 +31,18 @@ NO_BINDING = dict.fromkeys(BINDING_VARIABLES)  # removed from the servers' envir
 
 
 def flags(checkpoint) -> list[str]:
-    return ["--model", str(checkpoint), "--served-model-name", NAME, "--rope-type",
-            "resonance_yarn", "--rope-factor", str(FACTOR), "--dtype", "float32"]  # fmt: skip
+    return [
+        "--model",
+        str(checkpoint),
+        "--served-model-name",
+        NAME,
+        "--rope-type",
+        "resonance_yarn",
+        "--rope-factor",
+        str(FACTOR),
+        "--dtype",
+        "float32",
+    ]
 
 
 @contextlib.contextmanager
@@ -47,8 +57,9 @@ def worker_node(checkpoint, log, *extra: str):
     """A node of rank 1: no HTTP, so started and stopped here rather than waited on."""
     command = [*SERVER, *flags(checkpoint), *extra]
     with log.open("w") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT,
-                                   start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(
+            command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
     node = RunningServer("http://127.0.0.1:0", process, log)
     try:
         yield node
@@ -65,8 +76,11 @@ def reference(http):
 
 def served_facts(http: httpx.Client, ids: list[int]) -> dict:
     (card,) = http.get("/v1/models").json()["data"]
-    rope = [line for line in http.get("/metrics").text.splitlines()
-            if line.startswith("resonance_rope_info{")]  # fmt: skip
+    rope = [
+        line
+        for line in http.get("/metrics").text.splitlines()
+        if line.startswith("resonance_rope_info{")
+    ]
     body = {"model": card["id"], "prompt": ids, "max_tokens": 1, "echo": True, "logprobs": 0}
     answer = http.post("/v1/completions", json=body)
     assert answer.status_code == 200, answer.text
@@ -102,8 +116,16 @@ def test_one_host_several_processes_serve_what_one_process_does(
 def test_pipeline_parallel_across_two_nodes_on_loopback(
     reference, plain_checkpoint, tmp_path_factory
 ):
-    nodes = ["--pipeline-parallel-size", "2", "--nnodes", "2", "--master-addr", "127.0.0.1",
-             "--master-port", str(free_port())]  # fmt: skip
+    nodes = [
+        "--pipeline-parallel-size",
+        "2",
+        "--nnodes",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+    ]
     log = tmp_path_factory.mktemp("node1") / "worker.log"
     with (
         worker_node(plain_checkpoint, log, *nodes, "--node-rank", "1") as worker,
@@ -115,8 +137,13 @@ def test_pipeline_parallel_across_two_nodes_on_loopback(
 
 
 def test_eager_pipeline_parallel_is_refused_in_one_line(plain_checkpoint):
-    command = [*SERVER, *flags(plain_checkpoint), "--pipeline-parallel-size", "2",
-               "--enforce-eager"]  # fmt: skip
+    command = [
+        *SERVER,
+        *flags(plain_checkpoint),
+        "--pipeline-parallel-size",
+        "2",
+        "--enforce-eager",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     (line,) = [x for x in done.stderr.splitlines() if x.startswith("resonance-serve: error:")]

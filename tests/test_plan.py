@@ -22,9 +22,15 @@ MACHINE = Platform(cpu=True, memory_bytes=24 * GiB, environ={})
 
 def tiny_config(**overrides) -> LlamaConfig:
     values = dict(
-        hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2, head_dim=128, max_position_embeddings=256, vocab_size=2000,
-    )  # fmt: skip
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=128,
+        max_position_embeddings=256,
+        vocab_size=2000,
+    )
     return LlamaConfig(**(values | overrides))
 
 
@@ -75,9 +81,15 @@ def test_a_folder_with_each_rope_type(rope_type):
 
 
 def test_the_checkpoints_own_rope_is_kept_without_flags():
-    config = tiny_config(max_position_embeddings=1024, rope_parameters={
-        "rope_type": "resonance_yarn", "rope_theta": 1e4, "factor": 4.0,
-        "original_max_position_embeddings": 256})  # fmt: skip
+    config = tiny_config(
+        max_position_embeddings=1024,
+        rope_parameters={
+            "rope_type": "resonance_yarn",
+            "rope_theta": 1e4,
+            "factor": 4.0,
+            "original_max_position_embeddings": 256,
+        },
+    )
     plan = build_plan(Settings(model="org/tiny"), folder(), config, MACHINE)
     assert plan.engine_args["hf_overrides"] == {} and plan.engine_args["max_model_len"] is None
     assert plan.info.max_model_len == 1024 and plan.info.trained_context == 256
@@ -86,18 +98,22 @@ def test_the_checkpoints_own_rope_is_kept_without_flags():
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"max_queued_tokens": 500, "rope_type": "yarn", "rope_factor": 4},
-         "max_queued_tokens (500) must be at least the served context (1024"),
+        (
+            {"max_queued_tokens": 500, "rope_type": "yarn", "rope_factor": 4},
+            "max_queued_tokens (500) must be at least the served context (1024",
+        ),
         ({"max_model_len": 300}, "max_model_len (300) is longer than the checkpoint's context"),
-        ({"cpu_kv_cache_space_gib": 0.001, "rope_type": "yarn", "rope_factor": 4096},
-         "cannot hold one sequence of the served 1048576 tokens"),
+        (
+            {"cpu_kv_cache_space_gib": 0.001, "rope_type": "yarn", "rope_factor": 4096},
+            "cannot hold one sequence of the served 1048576 tokens",
+        ),
         ({"engine_args": {"no_such_argument": 1}}, "'no_such_argument' is not an engine argument"),
         ({"engine_args": {"max_model_len": 9}}, "'max_model_len' is set by the server; use --max"),
         ({"engine_args": {"hf_overrides": {}}}, "use --rope-type"),
         ({"lora_modules": ["no-path"]}, "'no-path' is not NAME=PATH"),
         ({"kv_cache_dtype": "fp8_e4m3"}, "fp8 KV cache only on x86 with AVX-512 or AMX"),
     ],
-)  # fmt: skip
+)
 def test_what_cannot_be_served_is_refused_before_the_engine_starts(settings, message):
     avx2_only = Platform(cpu=True, memory_bytes=24 * GiB, fp8_kv_cache=False)
     with pytest.raises(ValueError) as refused:
@@ -107,11 +123,13 @@ def test_what_cannot_be_served_is_refused_before_the_engine_starts(settings, mes
 
 def test_engine_args_pass_through_and_levers_reach_the_engine_arguments():
     settings = Settings(
-        model="org/tiny", kv_cache_dtype="fp8", max_num_batched_tokens=512,
+        model="org/tiny",
+        kv_cache_dtype="fp8",
+        max_num_batched_tokens=512,
         long_prefill_token_threshold=128,
         engine_args={"block_size": 32, "speculative_config": {"method": "ngram"}},
         lora_modules=["a=/adapters/a"],
-    )  # fmt: skip
+    )
     args = build_plan(settings, folder(), tiny_config(), MACHINE).engine_args
     assert args["kv_cache_dtype"] == "fp8" and args["max_num_batched_tokens"] == 512
     assert args["long_prefill_token_threshold"] == 128
@@ -141,9 +159,16 @@ def test_a_users_kv_cache_variable_is_kept():
 def test_engine_args_from_flags_environment_and_yaml(tmp_path, monkeypatch):
     from server.settings import load_settings
 
-    flags = load_settings(["--engine-arg", "block_size=32", "--engine-arg",
-                           'speculative_config={"method": "ngram", "num_speculative_tokens": 3}',
-                           "--engine-arg", "tokenizer_mode=slow"])  # fmt: skip
+    flags = load_settings(
+        [
+            "--engine-arg",
+            "block_size=32",
+            "--engine-arg",
+            'speculative_config={"method": "ngram", "num_speculative_tokens": 3}',
+            "--engine-arg",
+            "tokenizer_mode=slow",
+        ]
+    )
     assert flags.engine_args == {
         "block_size": 32,
         "speculative_config": {"method": "ngram", "num_speculative_tokens": 3},
@@ -168,8 +193,10 @@ def test_engine_args_from_flags_environment_and_yaml(tmp_path, monkeypatch):
 def test_a_bad_engine_argument_stops_start_up_in_one_line(plain_checkpoint, flags, line):
     result = subprocess.run(
         [*SERVER, "--model", str(plain_checkpoint), "--port", "0", *flags],
-        capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("resonance-serve: error: ") and line in last
@@ -199,19 +226,36 @@ TWO_CORES = dataclasses.replace(MACHINE, cores=(0, 1), numa_nodes=1)
     [
         ({"tensor_parallel_size": 2}, TWO_CORES, "0|1"),
         ({"pipeline_parallel_size": 2}, TWO_CORES, "0|1"),
-        ({"tensor_parallel_size": 2}, dataclasses.replace(TWO_CORES, cores=(0, 2, 4, 6)),
-         "0,2|4,6"),
-        ({"tensor_parallel_size": 2, "pipeline_parallel_size": 2, "nnodes": 2,
-          "master_addr": "127.0.0.1"}, TWO_CORES, "0|1"),  # two ranks on each node
+        (
+            {"tensor_parallel_size": 2},
+            dataclasses.replace(TWO_CORES, cores=(0, 2, 4, 6)),
+            "0,2|4,6",
+        ),
+        (
+            {
+                "tensor_parallel_size": 2,
+                "pipeline_parallel_size": 2,
+                "nnodes": 2,
+                "master_addr": "127.0.0.1",
+            },
+            TWO_CORES,
+            "0|1",
+        ),  # two ranks on each node
         ({"tensor_parallel_size": 2}, dataclasses.replace(TWO_CORES, numa_nodes=2), None),
-        ({"tensor_parallel_size": 2}, dataclasses.replace(TWO_CORES, environ={
-            "VLLM_CPU_OMP_THREADS_BIND": "1|0"}), None),  # the user's own wins
-        ({"pipeline_parallel_size": 2, "nnodes": 2, "master_addr": "127.0.0.1"}, TWO_CORES,
-         "0,1"),  # one rank on each node: every core, as one process
+        (
+            {"tensor_parallel_size": 2},
+            dataclasses.replace(TWO_CORES, environ={"VLLM_CPU_OMP_THREADS_BIND": "1|0"}),
+            None,
+        ),  # the user's own wins
+        (
+            {"pipeline_parallel_size": 2, "nnodes": 2, "master_addr": "127.0.0.1"},
+            TWO_CORES,
+            "0,1",
+        ),  # one rank on each node: every core, as one process
         ({}, TWO_CORES, "0,1"),
         ({}, dataclasses.replace(TWO_CORES, environ={"VLLM_CPU_OMP_THREADS_BIND": "auto"}), None),
     ],
-)  # fmt: skip
+)
 def test_engine_threads_bind_to_every_core_split_among_the_ranks(parallel, machine, binding):
     settings = Settings(model="org/tiny", **parallel)
     plan = build_plan(settings, folder(), tiny_config(), machine)

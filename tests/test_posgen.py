@@ -29,8 +29,11 @@ def test_figure_2_sequences(task, expected):
 
 
 def test_each_token_follows_its_rule_at_modulus_17():
-    for task, far in [("recursive", lambda n: n - 4), ("cot", lambda n: 0),
-                      ("semi_recursive", lambda n: (n - 4) // 2)]:  # fmt: skip
+    for task, far in [
+        ("recursive", lambda n: n - 4),
+        ("cot", lambda n: 0),
+        ("semi_recursive", lambda n: (n - 4) // 2),
+    ]:
         x = tasks.sequence(task, (16, 3, 9, 12), 256)
         assert len(x) == 256 and x[:4] == [16, 3, 9, 12]
         for n in range(4, 256):
@@ -59,10 +62,16 @@ def test_marks_compare_the_top_token_with_the_expected_one():
 
 def test_table_has_the_papers_layout_and_numbers():
     results = [
-        {"row": row, "task": "cot", "seed": seed, "ood_accuracy": 0.5 + 0.1 * seed,
-         "id_accuracy": 0.9}
-        for row in report.ROWS for seed in range(3)
-    ]  # fmt: skip
+        {
+            "row": row,
+            "task": "cot",
+            "seed": seed,
+            "ood_accuracy": 0.5 + 0.1 * seed,
+            "id_accuracy": 0.9,
+        }
+        for row in report.ROWS
+        for seed in range(3)
+    ]
     table = report.tables(results, tasks.LAYOUTS["authors"])
     assert "start token, then the seeds; trained on 65 tokens, tested on 257" in table
     assert "factor 3.954" in table
@@ -110,10 +119,14 @@ def _offline_marks(checkpoint, sequences) -> list[list[bool]]:
 
     rope_plugins.transformers_hooks.install()
     config = AutoConfig.from_pretrained(checkpoint)
-    config.rope_parameters = {"rope_type": "resonance_yarn", "rope_theta": 10000.0,
-                              "factor": LAYOUT.factor,
-                              "original_max_position_embeddings": TRAIN_LENGTH,
-                              "beta_fast": 2.0, "beta_slow": 1.0}  # fmt: skip
+    config.rope_parameters = {
+        "rope_type": "resonance_yarn",
+        "rope_theta": 10000.0,
+        "factor": LAYOUT.factor,
+        "original_max_position_embeddings": TRAIN_LENGTH,
+        "beta_fast": 2.0,
+        "beta_slow": 1.0,
+    }
     model = LlamaForCausalLM.from_pretrained(checkpoint, config=config, dtype=torch.float64)
     with torch.no_grad():
         rows = torch.tensor(sequences)
@@ -128,8 +141,14 @@ def test_trained_model_served_with_resonance_yarn_and_scored_over_http(trained, 
     with serving(command, port, tmp_path / "server.log") as server:
         marks = scoring.score(server.base_url, "posgen", test)
         reported = scoring.summary(marks, TRAIN_LENGTH, LAYOUT.prefix)
-        body = {"model": "posgen", "prompt": [s[:-1] for s in test], "max_tokens": 1,
-                "temperature": 0, "echo": True, "logprobs": 1}  # fmt: skip
+        body = {
+            "model": "posgen",
+            "prompt": [s[:-1] for s in test],
+            "max_tokens": 1,
+            "temperature": 0,
+            "echo": True,
+            "logprobs": 1,
+        }
         raw = httpx.post(f"{server.base_url}/v1/completions", json=body, timeout=120).json()
     # Recomputed from the raw answer another way: a prompt token was the top-1 guess when its own
     # log-probability is the largest of its position; the last one is the greedy token itself.

@@ -25,16 +25,33 @@ pytestmark = pytest.mark.engine
 
 NAME, SESSIONS, REPEATS = "tiny-replica", 8, 3
 ROUTER = shutil.which("vllm-router", path=str(Path(sys.executable).parent))
-ROUTER_HEALTH = ["--health-check-interval-secs", "2", "--health-failure-threshold", "1",
-                 "--cb-failure-threshold", "1"]  # fmt: skip
+ROUTER_HEALTH = [
+    "--health-check-interval-secs",
+    "2",
+    "--health-failure-threshold",
+    "1",
+    "--cb-failure-threshold",
+    "1",
+]
 
 
 @pytest.fixture(scope="module")
 def replicas(plain_checkpoint, tmp_path_factory):
     folder = tmp_path_factory.mktemp("replicas")
-    args = ["--model", str(plain_checkpoint), "--served-model-name", NAME, "--dtype", "float32",
-            "--enforce-eager", "--enable-prefix-caching", "--rope-type", "resonance_yarn",
-            "--rope-factor", "4"]  # fmt: skip
+    args = [
+        "--model",
+        str(plain_checkpoint),
+        "--served-model-name",
+        NAME,
+        "--dtype",
+        "float32",
+        "--enforce-eager",
+        "--enable-prefix-caching",
+        "--rope-type",
+        "resonance_yarn",
+        "--rope-factor",
+        "4",
+    ]
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         started = list(pool.map(lambda i: start_server(args, folder / f"replica{i}.log"), (0, 1)))
     yield started
@@ -45,23 +62,41 @@ def replicas(plain_checkpoint, tmp_path_factory):
 @pytest.fixture(scope="module")
 def router(replicas, tmp_path_factory):
     port = free_port()
-    command = [ROUTER, "--host", "127.0.0.1", "--port", str(port), "--worker-urls",
-               *[r.base_url for r in replicas], "--policy", "consistent_hash",
-               "--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port()),
-               *ROUTER_HEALTH]  # fmt: skip
+    command = [
+        ROUTER,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--worker-urls",
+        *[r.base_url for r in replicas],
+        "--policy",
+        "consistent_hash",
+        "--prometheus-host",
+        "127.0.0.1",
+        "--prometheus-port",
+        str(free_port()),
+        *ROUTER_HEALTH,
+    ]
     log = tmp_path_factory.mktemp("router") / "router.log"
     with serving(command, port, log, timeout=120) as running:
         yield running
 
 
 def served_by(replicas) -> list[float]:
-    return [metric(r.base_url, "resonance_requests_total", 'endpoint="/v1/completions"')
-            for r in replicas]  # fmt: skip
+    return [
+        metric(r.base_url, "resonance_requests_total", 'endpoint="/v1/completions"')
+        for r in replicas
+    ]
 
 
 def ask(http: httpx.Client, session: int, max_tokens: int = 2) -> httpx.Response:
-    body = {"model": NAME, "prompt": token_prompt(700, salt=100 + session),
-            "max_tokens": max_tokens, "temperature": 0}  # fmt: skip
+    body = {
+        "model": NAME,
+        "prompt": token_prompt(700, salt=100 + session),
+        "max_tokens": max_tokens,
+        "temperature": 0,
+    }
     return http.post("/v1/completions", json=body, headers={"X-Session-ID": f"s{session}"})
 
 
@@ -106,8 +141,10 @@ def test_a_stopped_replica_fails_no_request_of_the_live_one(router, replicas):
         stopper.join()
     failed_live = [r for r in results if home[r[0]] == 0 and r[1] != 200]
     failed_moved = [r for r in results if home[r[0]] == 1 and r[1] != 200]
-    print(f"\n{len(results)} requests; failed: {len(failed_live)} of the live replica's "
-          f"sessions, {len(failed_moved)} of the stopped one's {failed_moved}")  # fmt: skip
+    print(
+        f"\n{len(results)} requests; failed: {len(failed_live)} of the live replica's "
+        f"sessions, {len(failed_moved)} of the stopped one's {failed_moved}"
+    )
     assert not failed_live
     late = [r for r in results if r[2] > 12]  # well after the router's 2 s health check
     assert late and all(status == 200 for _, status, _ in late)

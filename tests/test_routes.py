@@ -89,8 +89,9 @@ class StandInExecutor:
 
 def test_tokens_router_alone():
     executor = StandInExecutor()
-    client = app_with(tokens.router, executor=executor, prompts=StandInPrompts(),
-                      engine=StandInEngine())  # fmt: skip
+    client = app_with(
+        tokens.router, executor=executor, prompts=StandInPrompts(), engine=StandInEngine()
+    )
     body = client.post("/tokenize", json={"prompt": "ab cde"}).json()
     assert body == {"tokens": [1, 2, 3], "count": 3, "max_model_len": 1024}
     plain = client.post("/tokenize", json={"prompt": "ab", "add_special_tokens": False}).json()

@@ -286,8 +286,15 @@ def test_streamed_echo_starts_with_the_prompt(client):
 
 def test_streamed_logprob_offsets_continue_across_chunks(http):
     """text_offset counts from the start of the choice's text in every chunk, as whole."""
-    body = {"model": MODEL_NAME, "prompt": PROMPT, "max_tokens": 12, "temperature": 0,
-            "logprobs": 1, "echo": True, "ignore_eos": True}  # fmt: skip
+    body = {
+        "model": MODEL_NAME,
+        "prompt": PROMPT,
+        "max_tokens": 12,
+        "temperature": 0,
+        "logprobs": 1,
+        "echo": True,
+        "ignore_eos": True,
+    }
     whole = http.post("/v1/completions", json=body).json()["choices"][0]
     with http.stream("POST", "/v1/completions", json=body | {"stream": True}) as response:
         chunks = [json.loads(event) for event in sse_events(response) if event != "[DONE]"]

@@ -36,22 +36,33 @@ MAX_CONCURRENT = 2
 def fragile_server(plain_checkpoint, tmp_path_factory):
     running = start_server(
         [
-            "--model", str(plain_checkpoint),
-            "--served-model-name", "fragile",
-            "--rope-type", "resonance_dynamic",
-            "--rope-factor", str(FACTOR),
-            "--dtype", "float32",
+            "--model",
+            str(plain_checkpoint),
+            "--served-model-name",
+            "fragile",
+            "--rope-type",
+            "resonance_dynamic",
+            "--rope-factor",
+            str(FACTOR),
+            "--dtype",
+            "float32",
             "--enforce-eager",
-            "--request-timeout", "1",
-            "--max-concurrent-requests", str(MAX_CONCURRENT),
-            "--max-queued-tokens", "200000",
-            "--header-timeout", str(HEADER_TIMEOUT),
-            "--body-timeout", str(BODY_TIMEOUT),
-            "--max-connections", str(MAX_CONNECTIONS),
+            "--request-timeout",
+            "1",
+            "--max-concurrent-requests",
+            str(MAX_CONCURRENT),
+            "--max-queued-tokens",
+            "200000",
+            "--header-timeout",
+            str(HEADER_TIMEOUT),
+            "--body-timeout",
+            str(BODY_TIMEOUT),
+            "--max-connections",
+            str(MAX_CONNECTIONS),
         ],
         tmp_path_factory.mktemp("fragile") / "server.log",
         env={"VLLM_CPU_KVCACHE_SPACE": None},  # the server sizes the KV cache itself
-    )  # fmt: skip
+    )
     yield running
     stop_server(running)
 
@@ -130,8 +141,9 @@ def test_streams_nobody_reads_end_at_the_deadline_and_free_their_places(fragile_
     }
     silent = [raw_request(fragile_server.port, body) for _ in range(MAX_CONCURRENT)]
     time.sleep(0.5)
-    busy = httpx.post(f"{fragile_server.base_url}/v1/completions", json={"model": "fragile",
-                                                                       "prompt": "x"})  # fmt: skip
+    busy = httpx.post(
+        f"{fragile_server.base_url}/v1/completions", json={"model": "fragile", "prompt": "x"}
+    )
     assert busy.status_code == 429  # both places are held
     time.sleep(8)
     quick = httpx.post(
@@ -180,9 +192,18 @@ def test_too_little_kv_cache_is_a_one_line_start_up_error(plain_checkpoint, tmp_
     from tests.test_settings import run_cli
 
     result = run_cli(
-        "--model", str(plain_checkpoint), "--rope-type", "yarn", "--rope-factor", "2048",
-        "--dtype", "float32", "--enforce-eager", "--cpu-kv-cache-space-gib", "1",
-    )  # fmt: skip
+        "--model",
+        str(plain_checkpoint),
+        "--rope-type",
+        "yarn",
+        "--rope-factor",
+        "2048",
+        "--dtype",
+        "float32",
+        "--enforce-eager",
+        "--cpu-kv-cache-space-gib",
+        "1",
+    )
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert "--cpu-kv-cache-space-gib" in result.stderr.strip().splitlines()[-1]
@@ -223,8 +244,11 @@ def test_resonance_dynamic_serves_dynamic_ntk_at_the_served_length(
     served = torch.tensor(response.json()["choices"][0]["logprobs"]["token_logprobs"][1:-1])
     rope_plugins.register()
     config = AutoConfig.from_pretrained(plain_checkpoint)
-    config.rope_parameters = {"rope_type": "resonance_dynamic", "rope_theta": 1e4,
-                              "factor": float(FACTOR)}  # fmt: skip
+    config.rope_parameters = {
+        "rope_type": "resonance_dynamic",
+        "rope_theta": 1e4,
+        "factor": float(FACTOR),
+    }
     model = AutoModelForCausalLM.from_pretrained(plain_checkpoint, config=config).eval()
     rotary = model.model.rotary_emb
     assert isinstance(rotary, LlamaRotaryEmbedding)

@@ -226,9 +226,11 @@ def test_oversized_prompts_are_refused_at_once_and_hold_nobody_up(http, server, 
         refusals = [future.result() for future in flood]
     rss_after = front_end.memory_info().rss
     with capsys.disabled():
-        print(f"\nflood: small request {small_seconds:.2f} s; refusals "
-              f"{[round(seconds, 2) for _, seconds in refusals]} s; front-end RSS "
-              f"{rss_before / 2**20:.0f} -> {rss_after / 2**20:.0f} MiB")  # fmt: skip
+        print(
+            f"\nflood: small request {small_seconds:.2f} s; refusals "
+            f"{[round(seconds, 2) for _, seconds in refusals]} s; front-end RSS "
+            f"{rss_before / 2**20:.0f} -> {rss_after / 2**20:.0f} MiB"
+        )
     assert small
     assert {status for status, _ in refusals} == {400}
     # Generous bounds for a loaded 2-core machine (RESULTS section 4 has the measured times).
@@ -335,14 +337,21 @@ def test_hostile_values_get_4xx(http, server, fields):
     ("path", "body"),
     [
         ("/v1/completions", {"model": "tiny\ud800", "prompt": "x"}),
-        ("/v1/chat/completions", {"model": MODEL_NAME, "messages": [{"role": "user",
-                                                                   "content": "\ud800"}]}),
-        ("/v1/chat/completions", {"model": MODEL_NAME, "messages": [
-            {"role": "user", "content": [{"type": "text", "text": "\ud800"}]}]}),
+        (
+            "/v1/chat/completions",
+            {"model": MODEL_NAME, "messages": [{"role": "user", "content": "\ud800"}]},
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "model": MODEL_NAME,
+                "messages": [{"role": "user", "content": [{"type": "text", "text": "\ud800"}]}],
+            },
+        ),
         ("/tokenize", {"prompt": "a\ud800b"}),
         ("/detokenize", {"model": "\udc00", "tokens": [5]}),
     ],
-)  # fmt: skip
+)
 def test_lone_surrogates_anywhere_get_400(http, server, path, body):
     logged = len(server.output())
     response = post_json(http, path, body)
@@ -380,8 +389,10 @@ def test_bounded_overload_completes_or_gets_429(http, server, capsys):
         watcher.join()
     counts = {status: statuses.count(status) for status in set(statuses)}
     with capsys.disabled():
-        print(f"\noverload: 64 x {ORIGINAL_CONTEXT * 3}-token prompts -> {counts}, "
-              f"peak RSS of the server and its engine {peak_rss / 2**30:.2f} GiB")  # fmt: skip
+        print(
+            f"\noverload: 64 x {ORIGINAL_CONTEXT * 3}-token prompts -> {counts}, "
+            f"peak RSS of the server and its engine {peak_rss / 2**30:.2f} GiB"
+        )
     assert set(counts) == {200, 429}  # both: the limit was reached, and work was done
     assert peak_rss < 12 * 2**30
     assert wait_for(lambda: metric(http, "resonance_num_requests_running") == 0, 5)
@@ -438,8 +449,10 @@ def test_health_answers_at_once_under_the_heaviest_admitted_stream(http, capsys)
     latencies.sort()
     median, worst = latencies[len(latencies) // 2], latencies[-1]
     with capsys.disabled():
-        print(f"\n/health under n=16 x 20 log-probabilities: median {median * 1000:.0f} ms, "
-              f"max {worst * 1000:.0f} ms")  # fmt: skip
+        print(
+            f"\n/health under n=16 x 20 log-probabilities: median {median * 1000:.0f} ms, "
+            f"max {worst * 1000:.0f} ms"
+        )
     assert len(latencies) >= 20, f"the stream ended at once: {received[:2]} ... {received[-2:]}"
     # Generous for a noisy 2-core machine: the loop used to be held 1-2 s at a time.
     assert median < 0.1 and worst < 0.6

@@ -124,9 +124,15 @@ def test_bad_settings_stop_start_up_with_one_line(args, message):
 
 def test_refused_combination_is_one_line_before_the_engine_starts(plain_checkpoint):
     result = run_cli(
-        "--model", str(plain_checkpoint), "--rope-type", "resonance_yarn",
-        "--rope-factor", "2", "--max-model-len", "4096",
-    )  # fmt: skip
+        "--model",
+        str(plain_checkpoint),
+        "--rope-type",
+        "resonance_yarn",
+        "--rope-factor",
+        "2",
+        "--max-model-len",
+        "4096",
+    )
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].endswith("original_max_position_embeddings 256)")

@@ -121,8 +121,14 @@ def test_registering_twice_changes_nothing():
     assert rotary_embedding.get_rope.__wrapped__.__module__.startswith("vllm")
 
 
-def fake_get_rope(head_size, max_position, is_neox_style=True, rope_parameters=None, dtype=None,
-                  renamed_option=None):  # fmt: skip
+def fake_get_rope(
+    head_size,
+    max_position,
+    is_neox_style=True,
+    rope_parameters=None,
+    dtype=None,
+    renamed_option=None,
+):
     """vLLM's get_rope as a future version might spell it: an option renamed."""
     return ("vllm", renamed_option)
 

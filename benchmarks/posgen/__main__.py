@@ -33,15 +33,31 @@ HELD_OUT = {"validation": 1000, "test": 1000}
 
 def serve_command(checkpoint: Path, rope_type: str, port: int, layout: tasks.Layout) -> list[str]:
     command = [
-        *SERVER, "--model", str(checkpoint), "--port", str(port),
-        "--served-model-name", "posgen", "--rope-type", rope_type, "--dtype", "float32",
-        "--enforce-eager", "--cpu-kv-cache-space-gib", "1",
-        "--max-queued-tokens", str(scoring.PROMPTS_PER_REQUEST * layout.test_length * 4),
-    ]  # fmt: skip
+        *SERVER,
+        "--model",
+        str(checkpoint),
+        "--port",
+        str(port),
+        "--served-model-name",
+        "posgen",
+        "--rope-type",
+        rope_type,
+        "--dtype",
+        "float32",
+        "--enforce-eager",
+        "--cpu-kv-cache-space-gib",
+        "1",
+        "--max-queued-tokens",
+        str(scoring.PROMPTS_PER_REQUEST * layout.test_length * 4),
+    ]
     if rope_type in ("yarn", "resonance_yarn"):
-        command += ["--rope-factor", repr(layout.factor), "--original-max-position-embeddings",
-                    str(layout.train_length),
-                    *[a for kv in YARN_BETAS.items() for a in kv]]  # fmt: skip
+        command += [
+            "--rope-factor",
+            repr(layout.factor),
+            "--original-max-position-embeddings",
+            str(layout.train_length),
+            *[a for kv in YARN_BETAS.items() for a in kv],
+        ]
     return command
 
 
@@ -63,11 +79,20 @@ def trained_checkpoint(
     facts["validation_accuracy"] = training.teacher_forced_accuracy(
         model, data["validation"], layout.prefix
     )
-    facts |= {"task": task, "rope_type": rope, "seed": seed, "layout": layout.name,
-              "train_length": layout.train_length, "size": vars(args.size),
-              "plan": vars(args.plan)}  # fmt: skip
-    print(f"trained {directory.name}: validation accuracy {facts['validation_accuracy']:.3f}, "
-          f"{facts['seconds']:.0f} s", flush=True)  # fmt: skip
+    facts |= {
+        "task": task,
+        "rope_type": rope,
+        "seed": seed,
+        "layout": layout.name,
+        "train_length": layout.train_length,
+        "size": vars(args.size),
+        "plan": vars(args.plan),
+    }
+    print(
+        f"trained {directory.name}: validation accuracy {facts['validation_accuracy']:.3f}, "
+        f"{facts['seconds']:.0f} s",
+        flush=True,
+    )
     return posgen_model.save(model, tokenizer, directory, facts)
 
 
@@ -91,17 +116,24 @@ def scored_row(
             marks = scoring.score(server.base_url, "posgen", test, bar)
     trained = json.loads((checkpoint / "posgen.json").read_text())
     result = {
-        "row": row, "task": trained["task"], "seed": trained["seed"], "served_rope_type": served,
-        "checkpoint": checkpoint.name, "test_sequences": len(test),
+        "row": row,
+        "task": trained["task"],
+        "seed": trained["seed"],
+        "served_rope_type": served,
+        "checkpoint": checkpoint.name,
+        "test_sequences": len(test),
         "server_startup_s": round(startup, 1),
         "validation_accuracy": trained["validation_accuracy"],
         "layout": layout.name,
         **scoring.summary(marks, layout.train_length, layout.prefix),
-    }  # fmt: skip
+    }
     result_file.parent.mkdir(parents=True, exist_ok=True)
     result_file.write_text(json.dumps(result, indent=1))
-    print(f"{checkpoint.name} as {row}: in-distribution {result['id_accuracy']:.3f}, "
-          f"OOD {result['ood_accuracy']:.3f}", flush=True)  # fmt: skip
+    print(
+        f"{checkpoint.name} as {row}: in-distribution {result['id_accuracy']:.3f}, "
+        f"OOD {result['ood_accuracy']:.3f}",
+        flush=True,
+    )
     return result
 
 
@@ -133,12 +165,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks", default=",".join(tasks.TASKS))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, help="override the plan's epochs")
-    parser.add_argument("--paper-scale", action="store_true",
-                        help="the paper's model, data and 150 epochs (a GPU host)")  # fmt: skip
-    parser.add_argument("--train-only", action="store_true",
-                        help="train; a later run serves and scores")  # fmt: skip
-    parser.add_argument("--layout", choices=tasks.LAYOUTS, default="plain",
-                        help="authors: start token + seeds, 65 tokens, x257/65")  # fmt: skip
+    parser.add_argument(
+        "--paper-scale",
+        action="store_true",
+        help="the paper's model, data and 150 epochs (a GPU host)",
+    )
+    parser.add_argument(
+        "--train-only", action="store_true", help="train; a later run serves and scores"
+    )
+    parser.add_argument(
+        "--layout",
+        choices=tasks.LAYOUTS,
+        default="plain",
+        help="authors: start token + seeds, 65 tokens, x257/65",
+    )
     parser.add_argument("--out", type=Path, default=None, help="default: results/posgen[-LAYOUT]")
     args = parser.parse_args(argv)
     args.layout = tasks.LAYOUTS[args.layout]

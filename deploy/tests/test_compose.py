@@ -20,9 +20,13 @@ COMPOSE_COMMAND = [sys.executable, "-m", "podman_compose", "--file", "docker-com
 
 def compose(environment: dict[str, str], *args: str) -> None:
     done = subprocess.run(
-        [*COMPOSE_COMMAND, "--profile", "cpu", *args], cwd=COMPOSE, env=environment,
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        [*COMPOSE_COMMAND, "--profile", "cpu", *args],
+        cwd=COMPOSE,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, f"podman-compose {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
 
 

@@ -33,10 +33,15 @@ def container(cpu_image) -> Iterator[tuple[str, str]]:
 
 def test_the_image_holds_no_triton_opencv_or_cuda_torch(cpu_image):
     found = podman(
-        "run", "--rm", "--entrypoint", "python", cpu_image, "-c",
+        "run",
+        "--rm",
+        "--entrypoint",
+        "python",
+        cpu_image,
+        "-c",
         "import importlib.util as u, torch; print("
         "[m for m in ('triton', 'cv2', 'torchvision') if u.find_spec(m)], torch.version.cuda)",
-    )  # fmt: skip
+    )
     assert found.strip() == "[] None"
 
 
@@ -117,9 +122,12 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_0(container):
 
     def long_request() -> None:
         stream = client.completions.create(
-            model=MODEL, prompt="Once upon a time", max_tokens=200, stream=True,
+            model=MODEL,
+            prompt="Once upon a time",
+            max_tokens=200,
+            stream=True,
             extra_body={"ignore_eos": True},
-        )  # fmt: skip
+        )
         finished.extend(c.choices[0].finish_reason for c in stream if c.choices)
 
     worker = threading.Thread(target=long_request)

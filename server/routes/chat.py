@@ -4,8 +4,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from vllm.entrypoints.serve.utils.api_utils import with_cancellation
-from vllm.outputs import CompletionOutput, RequestOutput
+from vllm import CompletionOutput, RequestOutput
 
 from server import responses as r
 from server.execution import Job
@@ -13,6 +12,7 @@ from server.protocol import ChatCompletionRequest, ChatCompletionResponse, gener
 from server.sampling import output_budget, sampling_params, structured_outputs
 from server.services import Services, Shared
 from server.tools import ToolCalls, template_message
+from server.vllm_compat import with_cancellation
 
 router = APIRouter()
 

@@ -4,7 +4,7 @@ from importlib.metadata import version
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server.errors import APIError
 from server.protocol import VersionResponse
@@ -32,5 +32,5 @@ async def server_version() -> JSONResponse:
 
 
 @router.get("/metrics", response_class=Response)
-async def metrics() -> Response:
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+async def metrics(s: Shared) -> Response:
+    return Response(generate_latest(s.metrics.registry), media_type=CONTENT_TYPE_LATEST)
