@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: install promtool podman test test-deploy lint serve bench
+.PHONY: install promtool podman test test-all test-deploy lint serve bench
 
 install: $(STAMP)
 
@@ -26,10 +26,19 @@ promtool:
 		apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } || \
 		{ echo "install promtool (Debian/Ubuntu package 'prometheus') and run make again"; exit 1; }
 
-test: $(STAMP) promtool
+# What a newcomer runs (a few minutes): ruff, the unit and http tiers, and one real-engine smoke
+# test so that a broken vLLM install fails it too. `make test-all`: every tier (tests/conftest.py).
+FAST_TESTS := tests/unit tests/http tests/engine/test_smoke.py
+
+test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=15 $(FAST_TESTS)
+
+test-all: $(STAMP) promtool
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/python -m pytest -q --durations=25
 
 # The deployment run for real (deploy/tests): the CPU image built from deploy/docker/Dockerfile.cpu
 # and run, then the compose file's CPU profile with Prometheus. podman from Debian's packages; the

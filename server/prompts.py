@@ -103,6 +103,7 @@ class PromptTokenizer:
         whether) the model sees them.
         """
         self.check_length(sum(len(m["content"]) for m in messages), "messages")
+        kwargs = self.template_kwargs(extra)
         try:
             text = await asyncio.to_thread(
                 self.tokenizer.apply_chat_template,
@@ -112,7 +113,7 @@ class PromptTokenizer:
                 tokenize=False,
                 add_generation_prompt=add_generation_prompt,
                 continue_final_message=continue_final_message,
-                **self.template_kwargs(extra),
+                **kwargs,
             )
         except Exception as error:  # the template's own raise_exception, or a Jinja error
             raise APIError(400, f"messages: {error}", param="messages") from None

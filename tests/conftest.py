@@ -1,35 +1,38 @@
-"""Session-wide fixtures: tiny local checkpoints and one offline vLLM engine."""
+"""Session-wide fixtures (tiny local checkpoints, one offline vLLM engine, one real server) and
+the test tiers.
 
-import contextlib
+A test's tier is the directory it lives in, and its marker is derived from that, so it cannot
+be wrong: ``unit`` (pure), ``http`` (the app in process over the fake engine), ``engine`` (real
+vLLM on the tiny checkpoint), ``slow`` (the demo model, parallel layouts, routers, training).
+A real engine started from a unit or http test fails at once.
+"""
+
 import os
-from collections.abc import Iterator
+import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
-from harness.servers import SERVER, RunningServer, free_port, stop_server
-from harness.servers import start_server as start_process
+from tests import helpers
+from tests.helpers import (
+    API_KEY,
+    FACTOR,
+    MAX_CONCURRENT,
+    MAX_QUEUED_TOKENS,
+    MAX_SEQUENCES,
+    MODEL_NAME,
+    ORIGINAL_CONTEXT,
+    RESONANCE_YARN,
+    SERVED_CONTEXT,
+    keyed_client,
+    served,
+)
 
 # Before vLLM is imported anywhere: a small KV cache, and functions sent to the worker by
 # `LLM.apply_model` (used to read the cos/sin table out of the loaded model).
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-ORIGINAL_CONTEXT = 256
-FACTOR = 4
-SERVED_CONTEXT = ORIGINAL_CONTEXT * FACTOR
-MODEL_NAME = "tiny-llama2-chat"
-API_KEY = "test-key-1"
-# Admission limits of the session server (requests, sequences, tokens in flight).
-MAX_CONCURRENT, MAX_SEQUENCES, MAX_QUEUED_TOKENS = 32, 48, 40 * SERVED_CONTEXT
-RESONANCE_YARN = {
-    "rope_type": "resonance_yarn",
-    "rope_theta": 10000.0,
-    "factor": float(FACTOR),
-    "original_max_position_embeddings": ORIGINAL_CONTEXT,
-}
 
 
 @pytest.fixture(scope="session")
@@ -64,25 +67,6 @@ def offline_llm(resonance_checkpoint):
     )
     yield llm
     llm.llm_engine.engine_core.shutdown()
-
-
-def start_server(
-    args: list[str], log: Path, env: dict | None = None, timeout: float = 240
-) -> RunningServer:
-    """``python -m server`` with these arguments on a free port, once healthy."""
-    port = free_port()
-    command = [*SERVER, "--port", str(port), *args]
-    return start_process(command, port, log, env=env, timeout=timeout)
-
-
-@contextlib.contextmanager
-def served(args: list[str], log: Path, **kwargs) -> Iterator[RunningServer]:
-    """A server for the length of the block (a fixture's), stopped as an orchestrator would."""
-    running = start_server(args, log, **kwargs)
-    try:
-        yield running
-    finally:
-        stop_server(running)
 
 
 @pytest.fixture(scope="session")
@@ -130,12 +114,6 @@ def client(server):
     return OpenAI(base_url=f"{server.base_url}/v1", api_key=API_KEY, max_retries=0)
 
 
-def keyed_client(server: RunningServer, key: str) -> httpx.Client:
-    """httpx against ``server``, sending ``key``."""
-    headers = {"Authorization": f"Bearer {key}"}
-    return httpx.Client(base_url=server.base_url, headers=headers, timeout=120)
-
-
 @pytest.fixture(scope="session")
 def http(server):
     """httpx against the session server, with its API key."""
@@ -143,6 +121,44 @@ def http(server):
         yield session
 
 
+TIERS = ("unit", "http", "engine", "slow")
+FAST_TIERS = ("unit", "http")
+
+
+def tier_of(item: pytest.Item) -> str:
+    parts = Path(item.path).relative_to(Path(__file__).parent).parts
+    if len(parts) < 2 or parts[0] not in TIERS:
+        raise pytest.UsageError(f"{item.nodeid}: tests live in one of tests/{{{','.join(TIERS)}}}/")
+    return parts[0]
+
+
 def pytest_collection_modifyitems(items):
-    """Tests marked ``last`` (they stop the session server) run after all others."""
+    """Each test marked with its tier; tests marked ``last`` (they stop the session server)
+    run after all others."""
+    for item in items:
+        item.add_marker(tier_of(item))
     items.sort(key=lambda item: item.get_closest_marker("last") is not None)
+
+
+@pytest.fixture(autouse=True)
+def _no_engine_in_fast_tiers(request, monkeypatch):
+    """A unit or http test that starts a real engine (or server process) fails loudly."""
+    if tier_of(request.node) not in FAST_TIERS:
+        return
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError(
+            f"{request.node.nodeid} is a {tier_of(request.node)} test: it must not start a real "
+            "vLLM engine or server; move it to tests/engine or tests/slow"
+        )
+
+    import harness.servers
+
+    monkeypatch.setattr(harness.servers, "start_server", refuse)
+    monkeypatch.setattr(helpers, "start_process", refuse)
+    if "vllm" in sys.modules:  # (a unit test that never imports vLLM need not pay for it)
+        import vllm.v1.engine.async_llm
+        import vllm.v1.engine.llm_engine
+
+        monkeypatch.setattr(vllm.v1.engine.async_llm.AsyncLLM, "__init__", refuse)
+        monkeypatch.setattr(vllm.v1.engine.llm_engine.LLMEngine, "__init__", refuse)

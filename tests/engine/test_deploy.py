@@ -241,7 +241,6 @@ def test_yaml_files_pass_yamllint():
 METRIC = re.compile(r"\b(resonance_[a-z0-9_]+|vllm:[a-z0-9_:]+)")
 
 
-@pytest.mark.engine
 def test_dashboard_and_alerts_use_only_metrics_the_server_exports(http):
     exported = {
         line.split()[2]

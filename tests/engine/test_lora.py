@@ -8,17 +8,16 @@ import httpx
 import pytest
 import torch
 
-import rope_plugins
-from tests.conftest import (
+from tests.helpers import (
     FACTOR,
     ORIGINAL_CONTEXT,
     SERVED_CONTEXT,
     keyed_client,
+    prompt_logprobs,
     served,
+    token_prompt,
+    transformers_logprobs,
 )
-from tests.test_server_api import token_prompt
-
-pytestmark = pytest.mark.engine
 
 BASE, ADAPTER, KEY, RANK = "tiny-base", "tiny-long", "lora-key", 8
 
@@ -74,35 +73,6 @@ def lora_server(plain_checkpoint, adapter, tmp_path_factory):
 def http(lora_server):
     with keyed_client(lora_server, KEY) as session:
         yield session
-
-
-def prompt_logprobs(http, model: str, ids: list[int]) -> torch.Tensor:
-    body = {"model": model, "prompt": ids, "max_tokens": 1, "echo": True, "logprobs": 0}
-    response = http.post("/v1/completions", json=body)
-    assert response.status_code == 200, response.text
-    assert response.json()["model"] == model
-    served = response.json()["choices"][0]["logprobs"]["token_logprobs"][1 : len(ids)]
-    return torch.tensor(served, dtype=torch.float64)
-
-
-def transformers_logprobs(checkpoint, ids: list[int], adapter=None, **config) -> torch.Tensor:
-    """transformers (+ peft with ``adapter``) on a checkpoint, with the registered RoPE types;
-    ``config`` entries replace the checkpoint's own."""
-    from peft import PeftModel
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    rope_plugins.register()
-    loaded = AutoConfig.from_pretrained(checkpoint)
-    for key, value in config.items():
-        setattr(loaded, key, value)
-    model = AutoModelForCausalLM.from_pretrained(
-        checkpoint, config=loaded, dtype=torch.float32, attn_implementation="sdpa"
-    )
-    if adapter is not None:
-        model = PeftModel.from_pretrained(model, adapter)
-    with torch.no_grad():
-        logits = model.eval()(torch.tensor([ids])).logits[0, :-1].double()
-    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
 
 
 def served_scaling(checkpoint) -> dict:

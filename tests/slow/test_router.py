@@ -18,10 +18,7 @@ import pytest
 
 from harness.client import metric
 from harness.servers import free_port, serving, stop_server
-from tests.conftest import start_server
-from tests.test_server_api import token_prompt
-
-pytestmark = pytest.mark.engine
+from tests.helpers import start_server, token_prompt
 
 NAME, SESSIONS, REPEATS = "tiny-replica", 8, 3
 ROUTER = shutil.which("vllm-router", path=str(Path(sys.executable).parent))

@@ -1,12 +1,10 @@
 """Settings from flags, environment and YAML, and the one-line errors of a bad start-up."""
 
-import subprocess
-
 import pytest
 
-from harness.servers import SERVER
 from server.plan import rope_override
 from server.settings import Settings, load_settings
+from tests.helpers import refusal, run_cli
 
 
 def test_flags_win_over_environment_over_yaml(tmp_path, monkeypatch):
@@ -92,10 +90,6 @@ def test_max_model_len_beyond_factor_times_original_is_refused():
         rope_override(settings, {}, 4096)
 
 
-def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([*SERVER, *args], capture_output=True, text=True, timeout=120)
-
-
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -115,15 +109,23 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     ],
 )
 def test_bad_settings_stop_start_up_with_one_line(args, message):
-    result = run_cli(*args)
-    assert result.returncode != 0
-    last = result.stderr.strip().splitlines()[-1]
-    assert message in last
-    assert "Traceback" not in result.stderr
+    line = refusal(*args)
+    assert line.startswith("resonance-serve: error: ") and "\n" not in line
+    assert message in line
+
+
+def test_a_refusal_is_one_line_on_stderr_and_no_traceback():
+    """The one refusal run as a process: what the user sees is that line alone."""
+    result = run_cli("--rope-factor", "0.5")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "resonance-serve: error: --rope-factor: Input should be greater than or equal to 1 "
+        "(got '0.5')"
+    )
 
 
 def test_refused_combination_is_one_line_before_the_engine_starts(plain_checkpoint):
-    result = run_cli(
+    line = refusal(
         "--model",
         str(plain_checkpoint),
         "--rope-type",
@@ -133,6 +135,4 @@ def test_refused_combination_is_one_line_before_the_engine_starts(plain_checkpoi
         "--max-model-len",
         "4096",
     )
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].endswith("original_max_position_embeddings 256)")
+    assert line.endswith("original_max_position_embeddings 256)")

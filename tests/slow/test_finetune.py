@@ -17,11 +17,15 @@ from safetensors.torch import load_file
 
 from checkpoints.tiny import sample_text
 from finetune.cli import main as finetune
-from tests.conftest import FACTOR, ORIGINAL_CONTEXT, SERVED_CONTEXT, served
-from tests.test_lora import prompt_logprobs, transformers_logprobs
-from tests.test_server_api import token_prompt
-
-pytestmark = pytest.mark.engine
+from tests.helpers import (
+    FACTOR,
+    ORIGINAL_CONTEXT,
+    SERVED_CONTEXT,
+    prompt_logprobs,
+    served,
+    token_prompt,
+    transformers_logprobs,
+)
 
 BASE, ADAPTER, RANK, SEQ_LEN = "tuned", "tuned-lora", 8, 512
 TRAINING = [

@@ -13,9 +13,7 @@ from pydantic import BaseModel, Field
 import rope_plugins
 from server.model_source import DEMO_NAME
 from server.plan import cpu_has_fp8_kv_cache
-from tests.conftest import start_server, stop_server
-
-pytestmark = pytest.mark.engine
+from tests.helpers import start_server, stop_server
 
 TRAINED, FACTOR = 8192, 4
 # An fp8 (e4m3) cache rounds each cached key and value by up to 2**-4 relative; a mean change of

@@ -13,7 +13,7 @@ from loadtests.api import Options, run_loadtest
 from loadtests.client import RequestRecord
 from loadtests.prompts import PromptBuilder
 from loadtests.stats import distribution, summarize
-from tests.conftest import API_KEY, MODEL_NAME, free_port
+from tests.helpers import API_KEY, MODEL_NAME, free_port
 
 
 def record(ok: bool, ttft: float = 10, e2e: float = 100, tokens: int = 10, kind: str = ""):
@@ -57,7 +57,6 @@ def prompt_token_histogram(http) -> tuple[float, float]:
     return total, count
 
 
-@pytest.mark.engine
 def test_run_against_the_server_reports_what_was_sent(server, http, tmp_path):
     before_sum, before_count = prompt_token_histogram(http)
     options = Options(
@@ -104,7 +103,6 @@ def test_run_against_the_server_reports_what_was_sent(server, http, tmp_path):
         assert (tmp_path / f"{plot}.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.engine
 def test_failing_requests_are_reported_as_errors(server, tmp_path):
     """Output that cannot fit the context: every request gets 400, the run still reports."""
     result = subprocess.run(
@@ -143,7 +141,6 @@ def test_failing_requests_are_reported_as_errors(server, tmp_path):
     assert "resonance-loadtest" in result.stdout  # the table
 
 
-@pytest.mark.engine
 def test_locust_master_and_worker_share_the_prompt_builder(server, tmp_path):
     locustfile = "loadtests/locustfile.py"
     port = free_port()
@@ -230,7 +227,6 @@ def test_cache_counters_are_read_from_prometheus_text():
     }
 
 
-@pytest.mark.engine
 def test_long_document_sessions_report_first_turns_and_cached_follow_ups(server, tmp_path):
     """Two users, three turns each, over their own 300-token documents: each follow-up sends
     the conversation so far, so the server's prefix cache serves most of it."""

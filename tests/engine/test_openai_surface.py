@@ -17,10 +17,7 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from tests.conftest import MODEL_NAME
-from tests.test_server_api import token_prompt
-
-pytestmark = pytest.mark.engine
+from tests.helpers import MODEL_NAME, token_prompt
 
 QUESTION = [{"role": "user", "content": "Tell me about a city."}]
 
@@ -169,7 +166,7 @@ def test_a_named_tool_choice_gives_a_call_whose_arguments_fit_the_schema(client)
 def test_langchain_bind_tools_with_a_forced_tool(server):
     from langchain_openai import ChatOpenAI
 
-    from tests.conftest import API_KEY
+    from tests.helpers import API_KEY
 
     llm = ChatOpenAI(
         base_url=f"{server.base_url}/v1",

@@ -8,9 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from checkpoints.gguf import COMPLETE, GGUFError, cached_conversion
-from tests.conftest import FACTOR, start_server, stop_server
 from tests.gguf_file import write_gguf
-from tests.test_server_api import PROMPT, offline_greedy
+from tests.helpers import FACTOR, PROMPT, offline_greedy, start_server, stop_server
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +58,6 @@ def test_a_file_that_is_not_gguf_is_one_clear_error(tmp_path):
         cached_conversion(bogus, tmp_path / "cache")
 
 
-@pytest.mark.engine
 def test_a_gguf_file_is_served(gguf_path, offline_llm, tmp_path_factory):
     """Served with the session's Resonance-YaRN x4, it answers as the same weights do."""
     from openai import OpenAI

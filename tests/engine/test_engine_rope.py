@@ -6,10 +6,8 @@ import torch
 
 import rope_plugins
 from tests import reference as ref
-from tests.conftest import FACTOR, ORIGINAL_CONTEXT, RESONANCE_YARN, SERVED_CONTEXT
+from tests.helpers import FACTOR, ORIGINAL_CONTEXT, RESONANCE_YARN, SERVED_CONTEXT
 from tests.worker_probe import rotary_tables
-
-pytestmark = pytest.mark.engine
 
 # A prompt 2.75x longer than the original context (and within the served one).
 PROMPT_IDS = [3 + (7 * i) % 1990 for i in range(int(ORIGINAL_CONTEXT * 2.75))]

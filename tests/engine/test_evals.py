@@ -12,9 +12,8 @@ from evals import passkey
 from evals.cli import main
 from harness.client import metric_samples
 from harness.servers import free_port, serving
-from tests.conftest import API_KEY, MODEL_NAME, ORIGINAL_CONTEXT
+from tests.helpers import API_KEY, MODEL_NAME, ORIGINAL_CONTEXT
 
-pytestmark = pytest.mark.engine
 LENGTHS = [256, 512, 1000]
 
 

@@ -21,9 +21,7 @@ import rope_plugins
 from harness.client import metric, sse_data
 from harness.servers import SERVER, free_port
 from tests import reference as ref
-from tests.conftest import FACTOR, ORIGINAL_CONTEXT, SERVED_CONTEXT, start_server, stop_server
-
-pytestmark = pytest.mark.engine
+from tests.helpers import FACTOR, ORIGINAL_CONTEXT, SERVED_CONTEXT, start_server, stop_server
 
 # n x max_tokens output tokens take several seconds here, well past the 1 s deadline.
 SLOW = {"prompt": "The river", "n": 16, "max_tokens": 240, "ignore_eos": True}
@@ -189,7 +187,7 @@ def test_kv_cache_is_sized_for_the_served_context_not_the_machine(fragile_server
 
 def test_too_little_kv_cache_is_a_one_line_start_up_error(plain_checkpoint, tmp_path):
     """One sequence of 512K tokens needs 2 GiB of KV cache, not 1: the message names the flag."""
-    from tests.test_settings import run_cli
+    from tests.helpers import run_cli
 
     result = run_cli(
         "--model",
@@ -212,7 +210,7 @@ def test_too_little_kv_cache_is_a_one_line_start_up_error(plain_checkpoint, tmp_
 def test_a_port_in_use_is_refused_in_one_line_before_the_engine_starts(plain_checkpoint):
     """The port is bound before the engine starts: the refusal comes without an engine's start
     (which would log vLLM's engine configuration first)."""
-    from tests.test_settings import run_cli
+    from tests.helpers import run_cli
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

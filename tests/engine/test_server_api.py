@@ -2,32 +2,18 @@
 
 import json
 
-import httpx
 import openai
 import pytest
 
-from harness.client import sse_data
-from tests.conftest import MODEL_NAME, ORIGINAL_CONTEXT, SERVED_CONTEXT
-
-pytestmark = pytest.mark.engine
-
-PROMPT = "The long river runs past the city at night"
-
-
-def token_prompt(length: int, salt: int = 0) -> list[int]:
-    return [3 + (salt * 131 + 7 * i) % 1990 for i in range(length)]
-
-
-def offline_greedy(offline_llm, prompt, max_tokens: int) -> str:
-    from vllm import SamplingParams
-
-    params = SamplingParams(temperature=0, max_tokens=max_tokens)
-    (output,) = offline_llm.generate(prompt, params, use_tqdm=False)
-    return output.outputs[0].text
-
-
-def sse_events(response: httpx.Response) -> list[str]:
-    return sse_data(response.iter_lines())
+from tests.helpers import (
+    MODEL_NAME,
+    ORIGINAL_CONTEXT,
+    PROMPT,
+    SERVED_CONTEXT,
+    offline_greedy,
+    sse_events,
+    token_prompt,
+)
 
 
 def test_models_lists_the_served_model_with_its_rope(client):

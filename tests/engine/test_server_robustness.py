@@ -12,18 +12,17 @@ import psutil
 import pytest
 
 from harness.client import metric_samples
-from tests.conftest import (
+from tests.helpers import (
     API_KEY,
     MAX_CONCURRENT,
     MAX_QUEUED_TOKENS,
     MAX_SEQUENCES,
     MODEL_NAME,
     ORIGINAL_CONTEXT,
+    PROMPT,
     SERVED_CONTEXT,
+    token_prompt,
 )
-from tests.test_server_api import PROMPT, token_prompt
-
-pytestmark = pytest.mark.engine
 
 PROTECTED = [
     ("GET", "/v1/models", None),

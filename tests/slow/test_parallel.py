@@ -21,10 +21,7 @@ import torch
 
 from harness.servers import SERVER, RunningServer, free_port, stop_server
 from server.plan import BINDING_VARIABLES
-from tests.conftest import FACTOR, served
-from tests.test_server_api import token_prompt
-
-pytestmark = pytest.mark.engine
+from tests.helpers import FACTOR, served, token_prompt
 
 NAME = "tiny-parallel"
 NO_BINDING = dict.fromkeys(BINDING_VARIABLES)  # removed from the servers' environment

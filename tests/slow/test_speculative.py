@@ -10,10 +10,7 @@ import httpx
 import pytest
 
 from harness.client import metric
-from tests.conftest import FACTOR, MODEL_NAME, served
-from tests.test_server_api import token_prompt
-
-pytestmark = pytest.mark.engine
+from tests.helpers import FACTOR, MODEL_NAME, served, token_prompt
 
 NGRAM = {
     "method": "ngram",

@@ -4,7 +4,7 @@ import pytest
 from vllm.config import ModelConfig
 from vllm.plugins import load_general_plugins
 
-from tests.conftest import ORIGINAL_CONTEXT
+from tests.helpers import ORIGINAL_CONTEXT
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -1,0 +1,292 @@
+"""The HTTP surface over the fake engine: statuses, error bodies, streams, keys, admission.
+
+What vLLM computes is tested on the real engine (tests/engine); here, what this server adds.
+"""
+
+import json
+import math
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+from harness.client import metric_samples, sse_data
+from tests.app_server import app_server
+from tests.helpers import token_prompt
+from tests.http.conftest import KEY, fake_engine
+
+MODEL = "fake-model"
+CHAT = [{"role": "user", "content": "Say something."}]
+
+
+def error_of(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    return error
+
+
+def admitted(app, resource: str = "requests") -> float:
+    (value,) = metric_samples(app.metrics_text(), "resonance_admitted", f'resource="{resource}"')
+    return value
+
+
+# ------------------------------------------------------------------ validation and errors
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/completions", {"model": MODEL}, "prompt"),
+        ("/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": -1}, "max_tokens"),
+        ("/v1/completions", {"model": MODEL, "prompt": "x", "temperature": "hot"}, "temperature"),
+        ("/v1/completions", {"model": MODEL, "prompt": [5, 99999]}, "prompt"),
+        ("/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 5000}, "max_tokens"),
+        ("/v1/chat/completions", {"model": MODEL}, "messages"),
+        ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "x"}]}, "messages.0"),
+        ("/v1/chat/completions", {"model": MODEL, "messages": CHAT, "n": 0}, "n"),
+        (
+            "/v1/chat/completions",
+            {"model": MODEL, "messages": CHAT, "logit_bias": {"a": 1}},
+            "logit_bias",
+        ),
+        ("/tokenize", {"model": MODEL}, "prompt"),
+        ("/detokenize", {"model": MODEL, "tokens": [10**6]}, "tokens"),
+    ],
+)
+def test_bad_requests_are_400s_naming_the_field(http, path, body, param):
+    error = error_of(http.post(path, json=body), 400)
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] is not None and error["param"].startswith(param), error
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/completions", {"prompt": "x"}),
+        ("/v1/chat/completions", {"messages": CHAT}),
+        ("/tokenize", {"prompt": "x"}),
+    ],
+)
+def test_an_unknown_model_is_a_404_naming_it(http, path, body):
+    error = error_of(http.post(path, json={"model": "gpt-4", **body}), 404)
+    assert (error["param"], error["code"]) == ("model", "model_not_found")
+    assert "gpt-4" in error["message"] and MODEL in error["message"]
+
+
+def test_malformed_json_and_unknown_paths(http):
+    json_body = {"Content-Type": "application/json"}
+    response = http.post("/v1/completions", content=b"{not json", headers=json_body)
+    error = error_of(response, 400)
+    assert error["message"] == "request body is not valid JSON"
+    assert error_of(http.get("/v1/nothing"), 404)["type"] == "not_found_error"
+
+
+def test_keys_guard_everything_but_the_probes(app):
+    with httpx.Client(base_url=app.base_url, timeout=10) as anonymous:
+        response = anonymous.post("/v1/completions", json={"prompt": "x"})
+        assert error_of(response, 401)["type"] == "authentication_error"
+        assert response.headers["www-authenticate"] == "Bearer"
+        wrong = {"Authorization": "Bearer nope"}
+        assert anonymous.get("/v1/models", headers=wrong).status_code == 401
+        assert anonymous.get("/health").status_code == 200
+        assert anonymous.get("/metrics").status_code == 200
+
+
+def test_a_body_over_the_limit_is_a_413(tokenizer):
+    with app_server(fake_engine(tokenizer), max_request_body_bytes=2000) as app:
+        response = httpx.post(
+            f"{app.base_url}/v1/completions", json={"prompt": "x" * 4000}, timeout=10
+        )
+        assert error_of(response, 413)["message"] == "request body larger than 2000 bytes"
+
+
+# ------------------------------------------------------------------ what reaches the engine
+def test_the_request_reaches_the_engine_as_sampling_params(http, engine):
+    body = {
+        "model": MODEL,
+        "prompt": token_prompt(10),
+        "max_tokens": 7,
+        "temperature": 0.5,
+        "top_k": 4,
+        "stop": ["xyz"],
+        "seed": 3,
+    }
+    response = http.post("/v1/completions", json=body)
+    assert response.status_code == 200, response.text
+    (seen,) = [s for rid, s in engine.seen.items() if rid.startswith(response.json()["id"])]
+    assert seen.token_ids == token_prompt(10)
+    params = seen.params
+    assert (params.max_tokens, params.temperature, params.top_k, params.seed) == (7, 0.5, 4, 3)
+    assert params.stop == ["xyz"]
+    assert response.json()["usage"] == {
+        "prompt_tokens": 10,
+        "completion_tokens": 7,
+        "total_tokens": 17,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
+
+
+def test_chat_template_kwargs_are_filtered_as_vllm_filters_them(http, engine):
+    # Keys the template does not declare are dropped; arguments the request sets by its own
+    # fields cannot be overridden through them (before: a 500 for "messages").
+    body = {"model": MODEL, "messages": CHAT, "max_tokens": 2}
+    plain = http.post("/v1/chat/completions", json=body)
+    ignored = {"messages": [], "add_generation_prompt": False, "not_in_the_template": 1}
+    filtered = http.post("/v1/chat/completions", json=body | {"chat_template_kwargs": ignored})
+    assert filtered.status_code == 200, filtered.text
+    prompts = [engine.seen[f"{r.json()['id']}-0"].token_ids for r in (plain, filtered)]
+    assert prompts[0] == prompts[1]
+    for key in ("tokenize", "chat_template"):
+        refused = http.post("/v1/chat/completions", json=body | {"chat_template_kwargs": {key: 1}})
+        assert error_of(refused, 400)["param"] == "chat_template_kwargs"
+
+
+# ------------------------------------------------------------------ log-probabilities
+@pytest.mark.parametrize("value", [float("-inf"), float("nan")])
+def test_non_finite_logprobs_are_clamped_as_vllm_clamps_them(http, engine, value):
+    engine.faults.logprob = value
+    body = {"model": MODEL, "prompt": "x y z", "max_tokens": 3, "logprobs": 2, "echo": True}
+    whole = http.post("/v1/completions", json=body)
+    assert whole.status_code == 200, whole.text
+    logprobs = whole.json()["choices"][0]["logprobs"]
+    values = [v for v in logprobs["token_logprobs"] if v is not None]
+    values += [v for top in logprobs["top_logprobs"] if top for v in top.values()]
+    assert values and all(math.isfinite(v) and v <= -9999.0 for v in values)
+    with http.stream("POST", "/v1/completions", json=body | {"stream": True}) as stream:
+        events = sse_data(stream.iter_lines())
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]  # strict JSON: no -Infinity, no NaN
+    streamed = [v for c in chunks for v in c["choices"][0]["logprobs"]["token_logprobs"]]
+    assert all(v is None or v <= -9999.0 for v in streamed)
+    chat = {"model": MODEL, "messages": CHAT, "max_tokens": 3, "logprobs": True}
+    response = http.post("/v1/chat/completions", json=chat | {"top_logprobs": 2})
+    content = response.json()["choices"][0]["logprobs"]["content"]
+    assert [item["logprob"] for item in content] == [-9999.0] * 3
+
+
+# ------------------------------------------------------------------ streams
+def test_a_chat_stream_is_framed_as_openai_frames_it(app):
+    client = openai.OpenAI(base_url=f"{app.base_url}/v1", api_key=KEY, max_retries=0)
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=CHAT,
+            max_tokens=5,
+            n=2,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert [(c.index, c.delta.role) for c in chunks[0].choices] == [
+        (0, "assistant"),
+        (1, "assistant"),
+    ]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 10
+    for index in (0, 1):
+        mine = [choice for c in chunks for choice in c.choices if choice.index == index]
+        assert mine[-1].finish_reason == "length"
+        assert all(c.finish_reason is None for c in mine[:-1])
+        text = "".join(c.delta.content or "" for c in mine)
+        whole = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=5, n=2)
+        assert text == whole.choices[index].message.content
+    assert len({c.id for c in chunks}) == 1
+
+
+def test_a_completions_stream_ends_with_usage_and_done(http):
+    body = {"model": MODEL, "prompt": ["a b", "c d"], "max_tokens": 3, "stream": True}
+    body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
+    with http.stream("POST", "/v1/completions", json=body) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        events = sse_data(stream.iter_lines())
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert {c["choices"][0]["index"] for c in chunks if c["choices"]} == {0, 1}
+    assert all("usage" in c for c in chunks)
+    assert chunks[-1]["usage"]["completion_tokens"] == 6
+
+
+# ------------------------------------------------------------------ the engine failing
+def test_a_full_engine_queue_is_a_503_with_retry_after(http, engine):
+    engine.faults.queue_full = True
+    body = {"model": MODEL, "prompt": "x", "max_tokens": 2}
+    response = http.post("/v1/completions", json=body)
+    error = error_of(response, 503)
+    assert response.headers["retry-after"] == "1"
+    assert "busy" in error["message"] and error["code"] == "engine_busy"
+    chat = http.post("/v1/chat/completions", json={"model": MODEL, "messages": CHAT})
+    assert error_of(chat, 503)["code"] == "engine_busy"
+    with http.stream("POST", "/v1/completions", json=body | {"stream": True}) as stream:
+        events = sse_data(stream.iter_lines())
+    assert json.loads(events[-1])["error"]["code"] == "engine_busy"
+    engine.faults.queue_full = False
+    assert http.post("/v1/completions", json=body).status_code == 200
+
+
+def test_a_dead_engine_fails_health_and_requests_and_the_server_exits_1(tokenizer):
+    with app_server(fake_engine(tokenizer)) as app:
+        assert httpx.get(f"{app.base_url}/health").status_code == 200
+        app.engine.faults.dead = True
+        body = {"model": MODEL, "prompt": "x", "max_tokens": 2}
+        response = httpx.post(f"{app.base_url}/v1/completions", json=body)
+        assert error_of(response, 503)["code"] == "engine_error"
+        app.thread.join(5)  # the server's watch sees the dead engine at its next tick
+        assert not app.thread.is_alive()
+        assert app.server.exit_code == 1
+
+
+def test_a_request_past_its_deadline_is_a_504_and_aborted(tokenizer):
+    with app_server(fake_engine(tokenizer), request_timeout=1) as app:
+        app.engine.faults.stall = True
+        body = {"model": MODEL, "prompt": "x", "max_tokens": 2}
+        started = time.monotonic()
+        response = httpx.post(f"{app.base_url}/v1/completions", json=body, timeout=10)
+        assert error_of(response, 504)["code"] == "request_timeout"
+        assert time.monotonic() - started < 5
+        assert response.headers["x-should-retry"] == "false"
+        assert app.engine.aborted == [f"{rid}" for rid in app.engine.seen]
+        assert admitted(app) == 0
+
+
+# ------------------------------------------------------------------ admission
+def test_admission_is_charged_while_in_flight_and_released_after(tokenizer):
+    with app_server(fake_engine(tokenizer), max_concurrent_requests=1) as app:
+        app.engine.faults.step_seconds = 0.2
+        body = {"model": MODEL, "prompt": "x", "max_tokens": 5}
+        url = f"{app.base_url}/v1/completions"
+        first = threading.Thread(target=httpx.post, args=(url,), kwargs={"json": body})
+        first.start()
+        deadline = time.monotonic() + 5
+        while not app.engine.running and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert admitted(app) == 1 and admitted(app, "tokens") == 2 + 5
+        busy = httpx.post(url, json=body)
+        assert error_of(busy, 429)["code"] == "server_busy"
+        assert busy.headers["retry-after"] == "1"
+        first.join(10)
+        assert admitted(app) == 0 and admitted(app, "tokens") == 0
+        assert httpx.post(url, json=body).status_code == 200
+
+
+def test_a_client_that_disconnects_has_its_engine_request_aborted(app, engine, http):
+    engine.faults.step_seconds = 0.1
+    body = {"model": MODEL, "prompt": "x", "max_tokens": 100, "stream": True}
+    with http.stream("POST", "/v1/completions", json=body) as stream:
+        next(stream.iter_lines())
+        (request_id,) = engine.running
+    deadline = time.monotonic() + 5
+    while request_id not in engine.aborted and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert request_id in engine.aborted
+    assert admitted(app) == 0
+
+
+def test_requests_are_counted_by_endpoint_and_status(app, http):
+    def count(status: str) -> float:
+        labels = f'endpoint="/v1/completions",status="{status}"'
+        return sum(metric_samples(app.metrics_text(), "resonance_requests_total", labels))
+
+    before = count("200"), count("400")
+    http.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 1})
+    http.post("/v1/completions", json={"model": MODEL})
+    assert (count("200"), count("400")) == (before[0] + 1, before[1] + 1)
