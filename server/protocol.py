@@ -192,7 +192,7 @@ class ContentPart(BaseModel):
 class FunctionCall(BaseModel):
     model_config = STRICT
     name: Text
-    arguments: Text
+    arguments: Text | dict[str, Any]  # the JSON string OpenAI sends (some clients an object)
 
 
 class ToolCall(BaseModel):

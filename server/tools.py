@@ -55,10 +55,31 @@ def template_message(message: ChatMessage) -> dict[str, Any]:
 
 def _loaded(function: Any) -> Any:
     """Templates index into arguments (``arguments.city``): give them the object if it is one."""
+    if not isinstance(function.arguments, str):
+        return function.arguments
     try:
         return json.loads(function.arguments)
     except ValueError:
         return function.arguments
+    except RecursionError:
+        raise APIError(
+            400, "a tool call's arguments are nested too deeply", param="messages"
+        ) from None
+
+
+def _as_sent(message: dict[str, Any]) -> dict[str, Any]:
+    """A template message with its calls' arguments as JSON strings, as OpenAI (and vLLM's
+    request model) spell them."""
+    calls = message.get("tool_calls")
+    if not calls:
+        return message
+    spelled = []
+    for call in calls:
+        arguments = call["function"]["arguments"]
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments, ensure_ascii=False)
+        spelled.append({**call, "function": {**call["function"], "arguments": arguments}})
+    return {**message, "tool_calls": spelled}
 
 
 def template_tools(request: ChatCompletionRequest) -> list[dict[str, Any]] | None:
@@ -75,7 +96,7 @@ def _vllm_request(
     return VllmChatRequest.model_validate(
         {
             "model": request.model,
-            "messages": messages,
+            "messages": [_as_sent(m) for m in messages],
             "tools": tools,
             "tool_choice": choice.model_dump() if isinstance(choice, NamedToolChoice) else choice,
             "parallel_tool_calls": request.parallel_tool_calls,

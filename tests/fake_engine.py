@@ -132,6 +132,8 @@ class FakeEngine:
                 break
             if self.faults.step_seconds:
                 await asyncio.sleep(self.faults.step_seconds)
+            if self.faults.dead:  # died with the request in flight
+                raise EngineDeadError()
             if delta:
                 news = {
                     j: (c[step : step + 1], step) for j, c in enumerate(choices) if step < len(c)

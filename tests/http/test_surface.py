@@ -28,6 +28,13 @@ def error_of(response: httpx.Response, status: int) -> dict:
     return error
 
 
+def wait_until(condition, seconds: float = 5) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
 def admitted(app, resource: str = "requests") -> float:
     (value,) = metric_samples(app.metrics_text(), "resonance_admitted", f'resource="{resource}"')
     return value
@@ -226,10 +233,16 @@ def test_a_full_engine_queue_is_a_503_with_retry_after(http, engine):
 def test_a_dead_engine_fails_health_and_requests_and_the_server_exits_1(tokenizer):
     with app_server(fake_engine(tokenizer)) as app:
         assert httpx.get(f"{app.base_url}/health").status_code == 200
+        app.engine.faults.step_seconds = 0.2
+        body = {"model": MODEL, "prompt": "x", "max_tokens": 50}
+        url = f"{app.base_url}/v1/completions"
+        responses = []
+        in_flight = threading.Thread(target=lambda: responses.append(httpx.post(url, json=body)))
+        in_flight.start()
+        wait_until(lambda: app.engine.running)
         app.engine.faults.dead = True
-        body = {"model": MODEL, "prompt": "x", "max_tokens": 2}
-        response = httpx.post(f"{app.base_url}/v1/completions", json=body)
-        assert error_of(response, 503)["code"] == "engine_error"
+        in_flight.join(10)
+        assert error_of(responses[0], 503)["code"] == "engine_error"
         app.thread.join(5)  # the server's watch sees the dead engine at its next tick
         assert not app.thread.is_alive()
         assert app.server.exit_code == 1
@@ -256,9 +269,7 @@ def test_admission_is_charged_while_in_flight_and_released_after(tokenizer):
         url = f"{app.base_url}/v1/completions"
         first = threading.Thread(target=httpx.post, args=(url,), kwargs={"json": body})
         first.start()
-        deadline = time.monotonic() + 5
-        while not app.engine.running and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: app.engine.running)
         assert admitted(app) == 1 and admitted(app, "tokens") == 2 + 5
         busy = httpx.post(url, json=body)
         assert error_of(busy, 429)["code"] == "server_busy"
@@ -274,10 +285,7 @@ def test_a_client_that_disconnects_has_its_engine_request_aborted(app, engine, h
     with http.stream("POST", "/v1/completions", json=body) as stream:
         next(stream.iter_lines())
         (request_id,) = engine.running
-    deadline = time.monotonic() + 5
-    while request_id not in engine.aborted and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert request_id in engine.aborted
+    wait_until(lambda: request_id in engine.aborted)
     assert admitted(app) == 0
 
 
