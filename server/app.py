@@ -22,6 +22,7 @@ from server.routes import chat, completions, lora, models, probes, tokens
 from server.sampling import Limits
 from server.services import Services
 from server.settings import Settings
+from server.tool_format import choose_tool_format
 from server.tools import parser_class
 
 # Prompts tokenized at once: more would only queue for the same cores.
@@ -44,7 +45,17 @@ def build_services(
     )
     metrics.watch_admission(admission)
     template = settings.chat_template.read_text() if settings.chat_template else None
-    prompts = PromptTokenizer(engine.tokenizer, info.max_model_len, TOKENIZER_CONCURRENCY, template)
+    own_template = template or engine.tokenizer.chat_template
+    tool_format = choose_tool_format(
+        own_template if isinstance(own_template, str) else None, settings.tool_call_parser
+    )
+    prompts = PromptTokenizer(
+        engine.tokenizer,
+        info.max_model_len,
+        TOKENIZER_CONCURRENCY,
+        template,
+        tool_template=tool_format.template,
+    )
     limits = Limits(
         max_model_len=info.max_model_len,
         vocab_size=prompts.vocab_size,
@@ -62,7 +73,8 @@ def build_services(
         executor=Executor(engine, admission, limits, settings.request_timeout, adapters, metrics),
         limits=limits,
         adapters=adapters,
-        tool_parser=parser_class(settings.tool_call_parser),
+        tool_parser=parser_class(tool_format.parser),
+        tool_format=tool_format,
     )
 
 

@@ -50,7 +50,7 @@ def _log_slow_collections(phase: str, info: dict) -> None:
         )
 
 
-def _banner(settings: Settings, engine, plan) -> str:
+def _banner(settings: Settings, engine, plan, tool_format) -> str:
     """Which model, from where, and the context it was trained on and is served at."""
     from server.plan import THREADS_BIND
 
@@ -69,6 +69,8 @@ def _banner(settings: Settings, engine, plan) -> str:
         )
     if plan.lora_modules:
         lines.append(f"  LoRA adapters: {', '.join(plan.lora_modules)}")
+    parser = tool_format.parser or "none"
+    lines.append(f"  tool calls: parser {parser} for tool_choice 'auto' ({tool_format.reason})")
     if THREADS_BIND in plan.environment:
         lines.append(
             f"  engine threads: {THREADS_BIND}={plan.environment[THREADS_BIND]} (one core list "
@@ -171,7 +173,7 @@ async def serve(settings: Settings) -> int:
             gc.collect()
             gc.freeze()
             gc.callbacks.append(_log_slow_collections)
-            print(_banner(settings, engine, plan), flush=True)
+            print(_banner(settings, engine, plan, services.tool_format), flush=True)
             await server.serve(sockets=[listener])
             return server.exit_code
         finally:

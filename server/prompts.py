@@ -39,6 +39,10 @@ def max_chars_per_token(tokenizer: Any) -> int:
     return longest * (NORMALIZER_ALLOWANCE if normalizes else 1)
 
 
+def _is_tool_exchange(message: dict[str, Any]) -> bool:
+    return message["role"] == "tool" or bool(message.get("tool_calls"))
+
+
 class PromptTokenizer:
     def __init__(
         self,
@@ -46,10 +50,12 @@ class PromptTokenizer:
         max_model_len: int,
         concurrency: int,
         chat_template: str | None = None,
+        tool_template: str | None = None,
     ) -> None:
-        """``chat_template``: a Jinja template that replaces the checkpoint's own."""
+        """``chat_template``: a Jinja template that replaces the checkpoint's own;
+        ``tool_template``: the one for conversations with tools, when that one renders none."""
         self.tokenizer, self.max_model_len = tokenizer, max_model_len
-        self.chat_template = chat_template
+        self.chat_template, self.tool_template = chat_template, tool_template
         self.vocab_size = len(tokenizer)
         self.max_chars = max_model_len * max_chars_per_token(tokenizer)
         self._slots = asyncio.Semaphore(concurrency)
@@ -104,12 +110,15 @@ class PromptTokenizer:
         """
         self.check_length(sum(len(m["content"]) for m in messages), "messages")
         kwargs = self.template_kwargs(extra)
+        template = self.chat_template
+        if self.tool_template and (tools or any(_is_tool_exchange(m) for m in messages)):
+            template = self.tool_template
         try:
             text = await asyncio.to_thread(
                 self.tokenizer.apply_chat_template,
                 messages,
                 tools=tools,
-                chat_template=self.chat_template,
+                chat_template=template,
                 tokenize=False,
                 add_generation_prompt=add_generation_prompt,
                 continue_final_message=continue_final_message,

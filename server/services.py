@@ -14,6 +14,7 @@ from server.middleware import ServerState
 from server.prompts import PromptTokenizer
 from server.sampling import Limits
 from server.settings import Settings
+from server.tool_format import ToolFormat
 from server.vllm_compat import ToolParser
 
 
@@ -28,6 +29,7 @@ class Services:
     limits: Limits
     adapters: Adapters
     tool_parser: type[ToolParser] | None = None  # vLLM's, for tool_choice "auto"
+    tool_format: ToolFormat | None = None  # how the parser and tool template were chosen
     created: int = field(default_factory=lambda: int(time.time()))
 
 

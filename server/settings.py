@@ -125,7 +125,9 @@ class Settings(BaseSettings):
     tool_call_parser: str | None = Field(
         None,
         description="vLLM tool-call parser for tool_choice 'auto' (hermes, llama3_json, "
-        "pythonic, ...); named and required choices need none",
+        "pythonic, ...); unset: the one the chat template's format needs (with a Hermes tool "
+        "template for ChatML and LLaMA2-Chat templates that render none); 'none': no parser. "
+        "Named and required choices need none",
     )
 
     # --- access and limits
@@ -171,6 +173,12 @@ class Settings(BaseSettings):
         description="Seconds a response_format, grammar or tool schema may take to "
         "compile before the request is refused",
     )
+    compact_json: bool = Field(
+        True,
+        description="JSON constraints (response_format, forced tool calls) allow no free "
+        "whitespace, so answers close within small budgets (vLLM's structured_outputs_config "
+        "disable_any_whitespace; engine-wide in vLLM 0.32); --no-compact-json allows any",
+    )
     constraint_compiler: Literal["eager", "lazy"] = Field(
         "eager",
         description="Start the constraint compiler process with the engine (eager), or at "
@@ -213,7 +221,7 @@ class Settings(BaseSettings):
     @field_validator("tool_call_parser")
     @classmethod
     def _known_parser(cls, value: str | None) -> str | None:
-        if value is not None:  # vLLM's parsers are imported only when one is asked for (15 s)
+        if value not in (None, "none"):  # vLLM's parsers are imported only when asked for (15 s)
             from server.tools import parser_class
 
             parser_class(value)  # a one-line error naming vLLM's parsers

@@ -31,6 +31,7 @@ class Faults:
     step_seconds: float = 0.0  # time per output step
     stall: bool = False  # no output at all until the request is aborted
     logprob: float | None = None  # every log-probability, e.g. float("-inf")
+    reply: str | None = None  # the text every unconstrained choice is (a model's tool call)
 
 
 @dataclass
@@ -153,6 +154,9 @@ class FakeEngine:
         if constraint is not None:
             text = constraint.choice[0] if constraint.choice else "{}"
             return self.tokenizer.encode(text, add_special_tokens=False)[: params.max_tokens]
+        if self.faults.reply is not None:
+            reply = self.tokenizer.encode(self.faults.reply, add_special_tokens=False)
+            return reply[: params.max_tokens]
         span = len(self.tokenizer) - FIRST_TOKEN
         start = sum(prompt) + 31 * index
         return [FIRST_TOKEN + (start + 7 * k) % span for k in range(params.max_tokens)]

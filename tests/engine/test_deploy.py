@@ -20,7 +20,7 @@ import yaml
 
 from server.settings import load_settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 CHART = DEPLOY / "helm" / "resonance-serve"
 EXAMPLES = sorted((DEPLOY / "helm" / "examples").glob("*.yaml"))

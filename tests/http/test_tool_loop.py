@@ -6,6 +6,7 @@ import json
 import httpx
 import pytest
 
+from harness.client import sse_data
 from tests.app_server import app_server
 from tests.http.conftest import fake_engine
 
@@ -89,3 +90,44 @@ def test_deeply_nested_arguments_are_a_400_not_a_500(hermes):
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == "messages"
     json.dumps(response.json())
+
+
+CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+
+
+@pytest.fixture(scope="module")
+def default_start(tokenizer):
+    """No --tool-call-parser: the tiny LLaMA2-Chat template renders no tools."""
+    with app_server(fake_engine(tokenizer)) as app:
+        yield app
+
+
+def test_auto_works_without_flags_on_a_template_that_renders_no_tools(default_start):
+    default_start.engine.faults.reply = CALL
+    body = {"model": "fake-model", "messages": history('{"city": "Paris"}')[:1], "tools": TOOLS}
+    url = f"{default_start.base_url}/v1/chat/completions"
+    whole = httpx.post(url, json=body | {"max_tokens": 300}, timeout=30).json()
+    (choice,) = whole["choices"]
+    assert choice["finish_reason"] == "tool_calls"
+    (call,) = choice["message"]["tool_calls"]
+    assert call["function"]["name"] == "get_weather"
+    assert json.loads(call["function"]["arguments"]) == {"city": "Paris"}
+    seen = list(default_start.engine.seen.values())[-1]
+    prompt = default_start.engine.tokenizer.decode(seen.token_ids)
+    assert "<tools>" in prompt and '"get_weather"' in prompt  # the tool template was used
+    with httpx.stream("POST", url, json=body | {"max_tokens": 300, "stream": True}) as stream:
+        events = [json.loads(e) for e in sse_data(stream.iter_lines())[:-1]]
+    deltas = [c["choices"][0]["delta"] for c in events if c["choices"]]
+    arguments = "".join(
+        call["function"].get("arguments", "") for d in deltas for call in d.get("tool_calls", [])
+    )
+    assert json.loads(arguments) == {"city": "Paris"}
+    assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_a_chat_without_tools_renders_with_the_models_own_template(default_start):
+    default_start.engine.faults.reply = None
+    body = {"model": "fake-model", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    httpx.post(f"{default_start.base_url}/v1/chat/completions", json=body, timeout=30)
+    seen = list(default_start.engine.seen.values())[-1]
+    assert default_start.engine.tokenizer.decode(seen.token_ids) == "<s>[INST] Hi [/INST]"
