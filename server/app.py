@@ -18,7 +18,7 @@ from server.lora import Adapters
 from server.metrics import Metrics
 from server.middleware import Gatekeeper, ServerState
 from server.prompts import PromptTokenizer
-from server.routes import chat, completions, lora, models, probes, tokens
+from server.routes import chat, completions, lora, messages, models, probes, tokens
 from server.sampling import Limits
 from server.services import Services
 from server.settings import Settings
@@ -91,7 +91,7 @@ def create_app(services: Services) -> FastAPI:
     settings = services.settings
     app = FastAPI(title="resonance-serve", version=version("resonance-serve"))
     app.state.services = services
-    routers = [completions, chat, models, tokens, probes]
+    routers = [completions, chat, messages, models, tokens, probes]
     if settings.allow_runtime_lora:
         routers.append(lora)
     for module in routers:

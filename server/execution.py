@@ -247,11 +247,14 @@ class Executor:
         chunks: AsyncGenerator[dict[str, Any] | None],
         scope: Scope,
         preamble: dict[str, Any] | None = None,
+        frames: Callable[[AsyncIterator[str]], AsyncIterator[str]] | None = None,
     ) -> Response:
         """The response of a streamed job: ``preamble``, then each chunk the route made of
-        `outputs` (None: nothing new, a step of chunked prefill, not sent, as vLLM sends none)."""
+        `outputs` (None: nothing new, a step of chunked prefill, not sent, as vLLM sends none).
+        ``frames`` turns the OpenAI event stream into another API's (Anthropic's)."""
+        events = self._event_stream(job, chunks, scope, preamble)
         return DeadlineStreamingResponse(
-            self._event_stream(job, chunks, scope, preamble),
+            frames(events) if frames else events,
             deadline=self._deadline_at(),
             on_expiry=lambda: self._expire(job),
             media_type="text/event-stream",

@@ -106,17 +106,21 @@ class Gatekeeper:
             return 503, "the server is shutting down", {"Connection": "close"}
         headers = dict(scope["headers"])
         needs_key = self.state.api_keys and _protected(scope["path"], self.probes_need_key)
-        if needs_key and not self._authorized(headers.get(b"authorization", b"")):
-            message = "missing or invalid API key (Authorization: Bearer <key>)"
+        if needs_key and not self._authorized(headers):
+            message = "missing or invalid API key (Authorization: Bearer <key>, or x-api-key)"
             return 401, message, {"WWW-Authenticate": "Bearer"}
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
             return 413, f"request body larger than {self.max_body_bytes} bytes", {}
         return None
 
-    def _authorized(self, header: bytes) -> bool:
-        scheme, _, token = header.partition(b" ")
+    def _authorized(self, headers: dict[bytes, bytes]) -> bool:
+        """``Authorization: Bearer KEY`` (OpenAI's clients) or ``x-api-key: KEY``
+        (Anthropic's), with the same keys."""
+        scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
         if scheme.lower() != b"bearer":
+            token = headers.get(b"x-api-key", b"")
+        if not token.strip():
             return False
         # Compare with every key, in constant time each, whatever matches.
         digest = key_digest(token.strip())

@@ -8,7 +8,15 @@ so that a vLLM upgrade has one file to check. Only the modules that start vLLM's
 """
 
 import dataclasses
+from collections.abc import AsyncIterator
 from typing import Any
+
+# Anthropic's Messages API as vLLM's server reads it, and vLLM's translation of it onto (and
+# back from) an OpenAI chat request: the request model, to_chat_completion_request (a
+# classmethod), messages_full_converter and message_stream_converter (methods that read no
+# state of the serving object, so one made without its engine serves).
+from vllm.entrypoints.anthropic.protocol import AnthropicMessagesRequest
+from vllm.entrypoints.anthropic.serving import AnthropicServingMessages
 
 # A tool call's id, in the format vLLM's server gives it.
 from vllm.entrypoints.generate.base.protocol import make_tool_call_id
@@ -20,6 +28,9 @@ from vllm.entrypoints.launchers.launcher import create_server_socket
 from vllm.entrypoints.openai.chat_completion.protocol import (
     ChatCompletionRequest as VllmChatRequest,
 )
+
+# vLLM's chat response model, which the Anthropic converters read.
+from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionResponse
 
 # Cancels a route's handler when its client disconnects (vLLM's own server uses it).
 from vllm.entrypoints.serve.utils.api_utils import with_cancellation
@@ -64,6 +75,7 @@ LOGPROB_FLOOR = -9999.0
 
 __all__ = [
     "LOGPROB_FLOOR",
+    "AnthropicMessagesRequest",
     "GracefulHTTPError",
     "LoRARequest",
     "Logprob",
@@ -77,6 +89,9 @@ __all__ = [
     "VLLMNotFoundError",
     "VLLMServerError",
     "VllmChatRequest",
+    "anthropic_to_chat",
+    "chat_stream_to_anthropic",
+    "chat_to_anthropic",
     "create_server_socket",
     "engine_arg_names",
     "get_json_schema_from_tools",
@@ -87,6 +102,26 @@ __all__ = [
     "visible_cpus",
     "with_cancellation",
 ]
+
+
+_ANTHROPIC = object.__new__(AnthropicServingMessages)  # its converters, without an engine
+
+
+def anthropic_to_chat(request: AnthropicMessagesRequest) -> dict[str, Any]:
+    """An Anthropic Messages request as the fields of an OpenAI chat request (vLLM's mapping)."""
+    chat = AnthropicServingMessages.to_chat_completion_request(request)
+    return chat.model_dump(exclude_none=True, exclude_unset=True)
+
+
+def chat_to_anthropic(body: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI chat completion as an Anthropic message."""
+    message = _ANTHROPIC.messages_full_converter(ChatCompletionResponse.model_validate(body))
+    return message.model_dump(exclude_none=True)
+
+
+def chat_stream_to_anthropic(events: AsyncIterator[str]) -> AsyncIterator[str]:
+    """OpenAI chat stream events (with usage in every chunk) as Anthropic's event stream."""
+    return _ANTHROPIC.message_stream_converter(events)
 
 
 def engine_arg_names() -> set[str]:

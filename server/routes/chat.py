@@ -1,9 +1,11 @@
 """POST /v1/chat/completions: from the request to the response, whole or streamed."""
 
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.types import Scope
 from vllm import CompletionOutput, RequestOutput
 
 from server import responses as r
@@ -129,6 +131,26 @@ def _finish_reason(completion: CompletionOutput, called: bool) -> str | None:
     return completion.finish_reason
 
 
+async def serve_chat(
+    request: ChatCompletionRequest,
+    scope: Scope,
+    s: Services,
+    whole: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    frames: Callable[[AsyncIterator[str]], AsyncIterator[str]] | None = None,
+) -> Response:
+    """A chat request from admission to its response; ``whole`` and ``frames`` reshape the
+    OpenAI body and event stream for the APIs translated onto chat (`server.routes.messages`)."""
+    endpoint = Chat(s)
+    admitted = s.executor.admit(request, 1, scope)
+    job = await endpoint.prepare(request)
+    await s.executor.start(admitted, job, request)
+    if job.stream:
+        chunks = (endpoint.chunk(job, i, output) async for i, output in s.executor.outputs(job))
+        return s.executor.stream(job, chunks, scope, endpoint.preamble(job), frames)
+    body = endpoint.whole(job, await s.executor.whole(job))
+    return JSONResponse(whole(body) if whole else body)
+
+
 @router.post(
     "/v1/chat/completions",
     response_model=None,
@@ -138,11 +160,4 @@ def _finish_reason(completion: CompletionOutput, called: bool) -> str | None:
 async def chat_completions(
     request: ChatCompletionRequest, raw_request: Request, s: Shared
 ) -> Response:
-    endpoint = Chat(s)
-    admitted = s.executor.admit(request, 1, raw_request.scope)
-    job = await endpoint.prepare(request)
-    await s.executor.start(admitted, job, request)
-    if job.stream:
-        chunks = (endpoint.chunk(job, i, output) async for i, output in s.executor.outputs(job))
-        return s.executor.stream(job, chunks, raw_request.scope, endpoint.preamble(job))
-    return JSONResponse(endpoint.whole(job, await s.executor.whole(job)))
+    return await serve_chat(request, raw_request.scope, s)
