@@ -18,7 +18,17 @@ from server.lora import Adapters
 from server.metrics import Metrics
 from server.middleware import Gatekeeper, ServerState
 from server.prompts import PromptTokenizer
-from server.routes import chat, completions, lora, messages, models, probes, tokens
+from server.response_store import ResponseStore
+from server.routes import (
+    chat,
+    completions,
+    lora,
+    messages,
+    models,
+    openai_responses,
+    probes,
+    tokens,
+)
 from server.sampling import Limits
 from server.services import Services
 from server.settings import Settings
@@ -75,6 +85,7 @@ def build_services(
         adapters=adapters,
         tool_parser=parser_class(tool_format.parser),
         tool_format=tool_format,
+        response_store=ResponseStore(settings.responses_store_size),
     )
 
 
@@ -91,7 +102,7 @@ def create_app(services: Services) -> FastAPI:
     settings = services.settings
     app = FastAPI(title="resonance-serve", version=version("resonance-serve"))
     app.state.services = services
-    routers = [completions, chat, messages, models, tokens, probes]
+    routers = [completions, chat, openai_responses, messages, models, tokens, probes]
     if settings.allow_runtime_lora:
         routers.append(lora)
     for module in routers:

@@ -225,9 +225,11 @@ def build_plan(
         **pass_through(settings),
     }
     given = engine_args.get("structured_outputs_config") or {}
-    if isinstance(given, dict):  # the user's own keys win
-        whitespace = {"disable_any_whitespace": settings.compact_json}
-        engine_args["structured_outputs_config"] = whitespace | given
+    if isinstance(given, dict) and settings.compact_json:  # the user's own keys win
+        # vLLM takes the option with the xgrammar and guidance backends only (not "auto");
+        # xgrammar is the one "auto" picks for every constraint the front end checks.
+        compact = {"backend": "xgrammar", "disable_any_whitespace": True}
+        engine_args["structured_outputs_config"] = compact | given
     per_token = kv_bytes_per_token(config, source.dtype, settings.kv_cache_dtype)
     environment = {"VLLM_V1_OUTPUT_PROC_CHUNK_SIZE": str(OUTPUT_SLICE_SEQUENCES)}
     environment = {k: v for k, v in environment.items() if k not in platform.environ}

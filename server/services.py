@@ -12,6 +12,7 @@ from server.lora import Adapters
 from server.metrics import Metrics
 from server.middleware import ServerState
 from server.prompts import PromptTokenizer
+from server.response_store import ResponseStore
 from server.sampling import Limits
 from server.settings import Settings
 from server.tool_format import ToolFormat
@@ -30,6 +31,7 @@ class Services:
     adapters: Adapters
     tool_parser: type[ToolParser] | None = None  # vLLM's, for tool_choice "auto"
     tool_format: ToolFormat | None = None  # how the parser and tool template were chosen
+    response_store: ResponseStore = field(default_factory=lambda: ResponseStore(0))
     created: int = field(default_factory=lambda: int(time.time()))
 
 

@@ -173,6 +173,12 @@ class Settings(BaseSettings):
         description="Seconds a response_format, grammar or tool schema may take to "
         "compile before the request is refused",
     )
+    responses_store_size: int = Field(
+        1000,
+        ge=0,
+        description="Responses kept in memory for previous_response_id (per API key, the "
+        "oldest dropped first, none across restarts); 0 keeps none",
+    )
     compact_json: bool = Field(
         True,
         description="JSON constraints (response_format, forced tool calls) allow no free "

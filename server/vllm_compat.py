@@ -19,7 +19,10 @@ from vllm.entrypoints.anthropic.protocol import AnthropicMessagesRequest
 from vllm.entrypoints.anthropic.serving import AnthropicServingMessages
 
 # A tool call's id, in the format vLLM's server gives it.
-from vllm.entrypoints.generate.base.protocol import make_tool_call_id
+# OpenAI's Responses API as vLLM's server reads and answers it: the request and response
+# models, the input items as chat messages (instructions, history, function_call and
+# function_call_output items), the tools as chat tools, and the answer as output items.
+from vllm.entrypoints.generate.base.protocol import FunctionCall, make_tool_call_id
 
 # The HTTP socket bound before the engine starts, as vLLM's server binds it.
 from vllm.entrypoints.launchers.launcher import create_server_socket
@@ -31,6 +34,16 @@ from vllm.entrypoints.openai.chat_completion.protocol import (
 
 # vLLM's chat response model, which the Anthropic converters read.
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionResponse
+from vllm.entrypoints.openai.responses.protocol import (
+    ResponsesRequest,
+    ResponsesResponse,
+    ResponseUsage,
+)
+from vllm.entrypoints.openai.responses.utils import (
+    build_response_output_items,
+    construct_input_messages,
+    construct_tool_dicts,
+)
 
 # Cancels a route's handler when its client disconnects (vLLM's own server uses it).
 from vllm.entrypoints.serve.utils.api_utils import with_cancellation
@@ -76,10 +89,14 @@ LOGPROB_FLOOR = -9999.0
 __all__ = [
     "LOGPROB_FLOOR",
     "AnthropicMessagesRequest",
+    "FunctionCall",
     "GracefulHTTPError",
     "LoRARequest",
     "Logprob",
     "RequestOutputKind",
+    "ResponseUsage",
+    "ResponsesRequest",
+    "ResponsesResponse",
     "SchedulerStats",
     "StatLoggerBase",
     "StructuredOutputsParams",
@@ -90,8 +107,11 @@ __all__ = [
     "VLLMServerError",
     "VllmChatRequest",
     "anthropic_to_chat",
+    "build_response_output_items",
     "chat_stream_to_anthropic",
     "chat_to_anthropic",
+    "construct_input_messages",
+    "construct_tool_dicts",
     "create_server_socket",
     "engine_arg_names",
     "get_json_schema_from_tools",

@@ -280,13 +280,14 @@ def test_admission_is_charged_while_in_flight_and_released_after(tokenizer):
 
 
 def test_a_client_that_disconnects_has_its_engine_request_aborted(app, engine, http):
-    engine.faults.step_seconds = 0.1
+    engine.faults.stall = True  # no output until aborted
     body = {"model": MODEL, "prompt": "x", "max_tokens": 100, "stream": True}
     with http.stream("POST", "/v1/completions", json=body) as stream:
-        next(stream.iter_lines())
+        assert stream.status_code == 200
+        wait_until(lambda: engine.running)
         (request_id,) = engine.running
     wait_until(lambda: request_id in engine.aborted)
-    assert admitted(app) == 0
+    wait_until(lambda: admitted(app) == 0)
 
 
 def test_requests_are_counted_by_endpoint_and_status(app, http):

@@ -58,3 +58,20 @@ def test_bad_values_fail_when_the_config_is_made(plain_checkpoint, rope_paramete
     with pytest.raises(ValueError, match="rope_parameters") as error:
         model_config(plain_checkpoint, **rope_parameters)
     assert message in str(error.value)
+
+
+def test_the_servers_whole_plan_is_accepted_by_vllms_engine_config(plain_checkpoint):
+    """Every engine argument the plan makes (the compact-JSON structured-outputs config among
+    them) is one vLLM's config takes, checked by vLLM itself without starting an engine."""
+    from vllm import AsyncEngineArgs
+
+    from server.model_source import ModelSource
+    from server.plan import Platform, build_plan, checkpoint_config
+    from server.settings import Settings
+
+    settings = Settings(model=str(plain_checkpoint), rope_type="resonance_yarn", rope_factor=4)
+    source = ModelSource(path=str(plain_checkpoint), name=None, origin="test", dtype="float32")
+    plan = build_plan(settings, source, checkpoint_config(source.path), Platform(False, 2**34))
+    config = AsyncEngineArgs(**plan.engine_args).create_engine_config()
+    assert config.structured_outputs_config.disable_any_whitespace is True
+    assert config.model_config.max_model_len == 4 * ORIGINAL_CONTEXT
