@@ -73,7 +73,7 @@ def build_services(
         max_prompts=settings.max_prompts_per_request,
         max_sequences=settings.max_sequences_per_request,
     )
-    adapters = Adapters(engine)
+    adapters = Adapters(engine, settings.lora_load_timeout)
     return Services(
         settings=settings,
         engine=engine,

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from server.settings import Settings, load_settings
 
 logger = logging.getLogger("resonance-serve")
+SHUTDOWN_GRACE_SECONDS = 5
 
 
 def _one_line(error: ValidationError) -> str:
@@ -90,9 +91,10 @@ class DrainingServer(uvicorn.Server):
     """uvicorn, with SIGTERM draining in-flight requests first and a watch on the engine.
 
     On SIGTERM or SIGINT (Ctrl-C) new requests get 503 (and /health fails) while those in
-    flight finish, up to ``drain_timeout`` seconds; then the server exits 0. The engine
-    processes ignore both signals meanwhile (`rope_plugins.engine_signals`). If the engine dies, the
-    server exits 1 so that an orchestrator restarts it. A second signal stops at once.
+    flight finish, up to ``drain_timeout`` seconds, whatever their clients do; then the server
+    exits 0. A second SIGTERM or SIGINT stops at once (exit 0 too). The engine processes
+    ignore both signals meanwhile (`rope_plugins.engine_signals`). If the engine dies, the
+    server exits 1 so that an orchestrator restarts it.
     """
 
     def __init__(self, config: uvicorn.Config, state, engine, drain_timeout: float) -> None:
@@ -102,24 +104,37 @@ class DrainingServer(uvicorn.Server):
         self.exit_code = 0
 
     def handle_exit(self, sig: int, frame) -> None:
-        if sig in (signal.SIGTERM, signal.SIGINT) and self.drain_started is None:
-            name = signal.Signals(sig).name
+        if sig not in (signal.SIGTERM, signal.SIGINT):
+            super().handle_exit(sig, frame)
+            return
+        name = signal.Signals(sig).name
+        if self.drain_started is None:
             logger.info("%s: draining %d requests", name, self.state.active_requests)
             self.state.draining = True
             self.drain_started = time.monotonic()
             return
-        super().handle_exit(sig, frame)
+        # (Not uvicorn's handler: it would raise the signal again at exit, ending with 143.)
+        logger.info("%s again: stopping now, %d requests cut off", name, self.state.active_requests)
+        self.should_exit = self.force_exit = True
 
     async def on_tick(self, counter: int) -> bool:
         if self.drain_started is not None and not self.should_exit:
             elapsed = time.monotonic() - self.drain_started
-            if self.state.active_requests == 0 or elapsed > self.drain_timeout:
-                logger.info("drained (%d requests left); exiting", self.state.active_requests)
+            if self.state.active_requests == 0:
+                logger.info("drained; exiting")
                 self.should_exit = True
+            elif elapsed > self.drain_timeout:
+                logger.warning(
+                    "drain timeout (%g s): exiting with %d requests cut off",
+                    self.drain_timeout,
+                    self.state.active_requests,
+                )
+                self.should_exit = self.force_exit = True  # no wait for their connections
         if not self.engine.alive and not self.should_exit:
             logger.error("the engine died; exiting so that the server is restarted")
             self.exit_code = 1
             self.should_exit = True
+        self.engine.stalled_seconds()  # keeps the engine's progress clock current while idle
         return await super().on_tick(counter)
 
 
@@ -166,6 +181,8 @@ async def serve(settings: Settings) -> int:
                 port=settings.port,
                 log_level=settings.log_level,
                 http=protocol,
+                # After the drain (or the engine's death), connections still open get this long.
+                timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
             )
             server = DrainingServer(config, state, engine, settings.drain_timeout)
             # Millions of objects of the loaded libraries would make every full garbage

@@ -2,9 +2,11 @@
 `server.engine_client.EngineClient` the front end runs on."""
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,6 +16,7 @@ from server.metrics import Metrics
 from server.plan import EnginePlan, describe
 
 logger = logging.getLogger(__name__)
+SHUTDOWN_GRACE_SECONDS = 10  # for the engine's processes to end after vLLM's shutdown
 
 
 class Engine:
@@ -38,6 +41,7 @@ class Engine:
         model_config = vllm_config.model_config
         self.info = dataclasses.replace(plan.info, max_model_len=model_config.max_model_len)
         self.constraint_timeout = constraint_timeout
+        self._metrics, self._progress_at = metrics, time.monotonic()
         self.constraints = ConstraintCompiler(vllm_config, constraint_timeout)
         if eager_constraints:  # started beside the engine, ready before the first request
             self.constraints.start()
@@ -103,9 +107,31 @@ class Engine:
     def unfinished_requests(self) -> int:
         return self.llm.get_num_unfinished_requests()
 
+    def stalled_seconds(self) -> float:
+        now = time.monotonic()
+        if self.unfinished_requests() == 0:
+            self._progress_at = now  # nothing to do is no stall
+        else:  # every engine step reports statistics (`Metrics.stat_logger`)
+            self._progress_at = max(self._progress_at, self._metrics.last_engine_step)
+        return now - self._progress_at
+
     def shutdown(self) -> None:
         self.constraints.shutdown()
         self.llm.shutdown()
+        _reap_children(SHUTDOWN_GRACE_SECONDS)
+
+
+def _reap_children(grace: float) -> None:
+    """Kill what of the engine is left after its shutdown: a worker blocked in a system call
+    (reading a file that never ends) ignores vLLM's stop and would outlive the server."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    _, alive = psutil.wait_procs(children, timeout=grace)
+    for process in alive:
+        logger.warning("killing engine process %d, still alive after shutdown", process.pid)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
 
 
 def run_headless_workers(plan: EnginePlan) -> None:

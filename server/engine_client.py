@@ -55,6 +55,11 @@ class EngineClient(Protocol):
 
     async def remove_lora(self, lora_int_id: int) -> None: ...
 
+    def stalled_seconds(self) -> float:
+        """How long the engine has held requests without finishing a step (0 while it has
+        none): a wedged engine is seen by /health, a long prefill is not."""
+        ...
+
     def unfinished_requests(self) -> int:
         """Requests the engine still holds (for the scheduler gauges)."""
         ...

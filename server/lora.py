@@ -6,6 +6,7 @@ refused or failed load leaves nothing behind. It runs on the base model's RoPE s
 """
 
 import asyncio
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Any
 
 from server.errors import APIError
 from server.vllm_compat import LoRARequest
+
+MAX_CONFIG_BYTES = 1 << 20  # an adapter_config.json is a few hundred bytes
 
 
 @dataclass(frozen=True)
@@ -24,8 +27,8 @@ class Adapter:
 
 
 class Adapters:
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
+    def __init__(self, engine: Any, load_timeout: float = 120.0) -> None:
+        self.engine, self.load_timeout = engine, load_timeout
         self._loaded: dict[str, Adapter] = {}
         self._next_id = 1
         self._lock = asyncio.Lock()
@@ -47,10 +50,16 @@ class Adapters:
                 raise APIError(400, f"a model named {name!r} is served already", param="lora_name")
             if self.max_rank is None:
                 raise APIError(400, "this server was started without LoRA", param="lora_name")
-            rank = self._rank(path)
+            rank = await asyncio.to_thread(self._rank, path)
             request = LoRARequest(name, self._next_id, str(Path(path).resolve()))
             try:
-                await self.engine.add_lora(request)
+                await asyncio.wait_for(self.engine.add_lora(request), self.load_timeout)
+            except TimeoutError:
+                with contextlib.suppress(Exception):  # whatever the worker did meanwhile
+                    await asyncio.wait_for(self.engine.remove_lora(request.lora_int_id), 5)
+                self._next_id += 1
+                message = f"the adapter did not load within {self.load_timeout:g} s"
+                raise APIError(400, message, param="lora_path", code="lora_load_timeout") from None
             except Exception as error:  # vLLM's worker could not read it: nothing was added
                 lines = str(error).strip().splitlines()
                 message = lines[0] if lines else type(error).__name__
@@ -72,7 +81,22 @@ class Adapters:
             del self._loaded[name]
 
     def _rank(self, path: str) -> int:
-        config_file = Path(path) / "adapter_config.json"
+        """The adapter's rank, read in a thread; only regular files are opened (a FIFO or a
+        device would block the reader, here or in vLLM's worker, for good)."""
+        folder = Path(path)
+        try:
+            entries = list(folder.iterdir()) if folder.is_dir() else []
+            irregular = [e.name for e in entries if not (e.is_file() or e.is_dir())]
+            size = (folder / "adapter_config.json").stat().st_size
+        except OSError:
+            message = f"no adapter at {path} (no adapter_config.json)"
+            raise APIError(400, message, param="lora_path") from None
+        if irregular:
+            message = f"the adapter folder holds files that are not regular files: {irregular[0]}"
+            raise APIError(400, message, param="lora_path")
+        if size > MAX_CONFIG_BYTES:
+            raise APIError(400, "adapter_config.json is too large", param="lora_path")
+        config_file = folder / "adapter_config.json"
         try:
             config = json.loads(config_file.read_text())
         except OSError:

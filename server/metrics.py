@@ -6,6 +6,7 @@ step (a stat logger it calls): the front end counts no tokens of its own for the
 beside these; tests give each app a registry of its own.
 """
 
+import time
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
@@ -104,6 +105,7 @@ class Metrics:
         # so at scrape time an idle engine reads 0 rather than its last busy step.
         self.scheduler = SchedulerStats()
         self._unfinished: Callable[[], int] = lambda: 0
+        self.last_engine_step = time.monotonic()  # when the engine last reported a step
         scheduler_gauges: list[tuple[str, str, Callable[[SchedulerStats], float]]] = [
             (
                 "resonance_num_requests_running",
@@ -163,6 +165,7 @@ class Metrics:
                 pass
 
             def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx=0):
+                metrics.last_engine_step = time.monotonic()
                 if scheduler_stats is not None:
                     metrics.scheduler = scheduler_stats
                 if iteration_stats is None:

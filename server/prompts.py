@@ -154,5 +154,9 @@ class PromptTokenizer:
     def decode(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids)
 
+    async def decode_off_loop(self, token_ids: list[int]) -> str:
+        async with self._slots:
+            return await asyncio.to_thread(self.tokenizer.decode, token_ids)
+
     def decode_token(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id])

@@ -89,7 +89,9 @@ def logit_bias(request: SamplingRequest, vocab_size: int) -> dict[int, float] | 
         return None
     bias = {}
     for key, value in request.logit_bias.items():
-        if not key.isdigit() or int(key) >= vocab_size:
+        # ASCII digits only: str.isdigit() also takes "\u00b2" (which int() refuses) and
+        # "\u0661" (an Arabic-Indic one, which int() reads as 1).
+        if not (key.isascii() and key.isdigit()) or int(key) >= vocab_size:
             raise APIError(
                 400,
                 f"logit_bias keys must be token ids below the vocabulary size {vocab_size} "

@@ -173,6 +173,19 @@ class Settings(BaseSettings):
         description="Seconds a response_format, grammar or tool schema may take to "
         "compile before the request is refused",
     )
+    liveness_timeout: float = Field(
+        120.0,
+        gt=0,
+        description="/health fails (503) when the engine has held requests this many seconds "
+        "without finishing a step: a wedged engine gets restarted, while one prefill step (a "
+        "chunk of --max-num-batched-tokens) takes far less",
+    )
+    lora_load_timeout: float = Field(
+        120.0,
+        gt=0,
+        description="Seconds a LoRA adapter may take to load (--allow-runtime-lora); past "
+        "them the load is refused and undone",
+    )
     responses_store_size: int = Field(
         1000,
         ge=0,

@@ -32,6 +32,7 @@ class Faults:
     stall: bool = False  # no output at all until the request is aborted
     logprob: float | None = None  # every log-probability, e.g. float("-inf")
     reply: str | None = None  # the text every unconstrained choice is (a model's tool call)
+    stalled: float = 0.0  # seconds the engine has held requests without a step
 
 
 @dataclass
@@ -86,6 +87,9 @@ class FakeEngine:
 
     def unfinished_requests(self) -> int:
         return len(self.running)
+
+    def stalled_seconds(self) -> float:
+        return self.faults.stalled
 
     def shutdown(self) -> None:
         pass

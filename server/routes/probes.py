@@ -21,6 +21,14 @@ async def health(s: Shared) -> Response:
         await s.engine.check_health()
     except Exception:
         raise APIError(503, "the engine is not running") from None
+    stalled, limit = s.engine.stalled_seconds(), s.settings.liveness_timeout
+    if stalled > limit:
+        raise APIError(
+            503,
+            f"the engine has held requests for {stalled:.0f} s without a step "
+            f"(--liveness-timeout {limit:g})",
+            code="engine_stalled",
+        )
     return Response(status_code=200)
 
 

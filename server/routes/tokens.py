@@ -32,7 +32,17 @@ async def tokenize(request: TokenizeRequest, s: Shared) -> JSONResponse:
 
 @router.post("/detokenize", response_model=DetokenizeResponse)
 async def detokenize(request: DetokenizeRequest, s: Shared) -> JSONResponse:
+    """Admitted like /tokenize and decoded off the event loop; at most a context's tokens."""
     s.executor.check_model(request.model)
+    limit = s.engine.info.max_model_len
+    if len(request.tokens) > limit:
+        message = f"at most {limit} tokens (this model's context) can be detokenized at once"
+        raise APIError(400, message, param="tokens")
     if request.tokens and max(request.tokens) >= s.prompts.vocab_size:
         raise APIError(400, "token id outside the vocabulary", param="tokens")
-    return JSONResponse({"prompt": s.prompts.decode(request.tokens)})
+    ticket = s.executor.admission.admit(sequences=0)
+    try:
+        text = await s.prompts.decode_off_loop(request.tokens)
+    finally:
+        ticket.release()
+    return JSONResponse({"prompt": text})

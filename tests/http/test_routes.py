@@ -6,9 +6,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from server.errors import APIError, install_error_handlers
-from server.middleware import ServerState
 from server.plan import ModelInfo
-from server.routes import lora, models, probes, tokens
+from server.routes import lora, models, tokens
 
 
 class StandInEngine:
@@ -37,15 +36,6 @@ def app_with(router, **services) -> TestClient:
     return TestClient(app)
 
 
-def test_health_router_alone():
-    ok = app_with(probes.router, state=ServerState(), engine=StandInEngine())
-    assert ok.get("/health").status_code == 200
-    draining = app_with(probes.router, state=ServerState(draining=True), engine=StandInEngine())
-    assert draining.get("/health").json()["error"]["message"] == "the server is shutting down"
-    dead = app_with(probes.router, state=ServerState(), engine=StandInEngine(healthy=False))
-    assert dead.get("/health").status_code == 503
-
-
 def test_models_router_alone_shows_the_name_not_the_path():
     client = app_with(models.router, engine=StandInEngine(), adapters=SimpleNamespace(all=list))
     (card,) = client.get("/v1/models").json()["data"]
@@ -68,7 +58,7 @@ class StandInPrompts:
     async def encode(self, text: str, add_special_tokens: bool) -> list[int]:
         return ([1] if add_special_tokens else []) + [len(word) for word in text.split()]
 
-    def decode(self, ids: list[int]) -> str:
+    async def decode_off_loop(self, ids: list[int]) -> str:
         return " ".join("x" * i for i in ids)
 
 
@@ -101,6 +91,8 @@ def test_tokens_router_alone():
     assert outside.status_code == 400 and outside.json()["error"]["param"] == "tokens"
     unknown = client.post("/tokenize", json={"prompt": "a", "model": "other"})
     assert unknown.status_code == 404 and executor.open_tickets == 0
+    too_many = client.post("/detokenize", json={"tokens": [1] * 1025})
+    assert too_many.status_code == 400 and "1024" in too_many.json()["error"]["message"]
 
 
 class StandInAdapters:

@@ -3,8 +3,11 @@
 What vLLM computes is tested on the real engine (tests/engine); here, what this server adds.
 """
 
+import contextlib
 import json
 import math
+import signal
+import socket
 import threading
 import time
 
@@ -55,6 +58,18 @@ def admitted(app, resource: str = "requests") -> float:
         (
             "/v1/chat/completions",
             {"model": MODEL, "messages": CHAT, "logit_bias": {"a": 1}},
+            "logit_bias",
+        ),
+        # Unicode digits: a superscript two was a 400 with Python's int() message, an
+        # Arabic-Indic one was token 1.
+        (
+            "/v1/completions",
+            {"model": MODEL, "prompt": "x", "logit_bias": {"\u00b2": 1}},
+            "logit_bias",
+        ),
+        (
+            "/v1/completions",
+            {"model": MODEL, "prompt": "x", "logit_bias": {"\u0661": 1}},
             "logit_bias",
         ),
         ("/tokenize", {"model": MODEL}, "prompt"),
@@ -299,3 +314,84 @@ def test_requests_are_counted_by_endpoint_and_status(app, http):
     http.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 1})
     http.post("/v1/completions", json={"model": MODEL})
     assert (count("200"), count("400")) == (before[0] + 1, before[1] + 1)
+
+
+# ------------------------------------------------------------------ health
+def test_health_fails_while_draining_and_for_a_stalled_engine(tokenizer):
+    with app_server(fake_engine(tokenizer), liveness_timeout=5) as app:
+        health = f"{app.base_url}/health"
+        assert httpx.get(health).status_code == 200
+        app.engine.faults.stalled = 4.0  # a long step: still alive
+        assert httpx.get(health).status_code == 200
+        app.engine.faults.stalled = 6.0
+        stalled = error_of(httpx.get(health), 503)
+        assert stalled["code"] == "engine_stalled" and "--liveness-timeout 5" in stalled["message"]
+        app.engine.faults.stalled = 0.0  # it stepped again
+        assert httpx.get(health).status_code == 200
+        app.state.draining = True
+        assert error_of(httpx.get(health), 503)["message"] == "the server is shutting down"
+        body = {"model": MODEL, "prompt": "x", "max_tokens": 1}
+        refused = httpx.post(f"{app.base_url}/v1/completions", json=body)
+        assert refused.status_code == 503 and refused.headers["connection"] == "close"
+
+
+def test_idle_connections_past_the_cap_cannot_lock_out_probes(tokenizer):
+    """Silent sockets beyond --max-connections: the longest idle is closed for a newcomer."""
+    with app_server(fake_engine(tokenizer), max_connections=40) as app:
+        port = int(app.base_url.rsplit(":", 1)[1])
+        silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(60)]
+        try:
+            answered = 0
+            for _ in range(20):
+                with (
+                    contextlib.suppress(httpx.HTTPError),
+                    httpx.Client(base_url=app.base_url, timeout=5) as probe,
+                ):
+                    answered += probe.get("/health").status_code == 200
+            assert answered >= 18, f"{answered} of 20 probes answered"
+            assert len(app.server.server_state.connections) <= 40
+        finally:
+            for sock in silent:
+                sock.close()
+
+
+# ------------------------------------------------------------------ draining
+def open_stalled_stream(app) -> threading.Thread:
+    """A streamed request whose engine work never ends, in flight until the server stops."""
+    app.engine.faults.stall = True
+    body = {"model": MODEL, "prompt": "x", "max_tokens": 5, "stream": True}
+
+    def hold() -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.post(f"{app.base_url}/v1/completions", json=body, timeout=60)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    wait_until(lambda: app.engine.running)
+    return holder
+
+
+def test_the_drain_ends_at_its_timeout_whatever_the_clients_do(tokenizer):
+    with app_server(fake_engine(tokenizer), drain_timeout=2) as app:
+        open_stalled_stream(app)
+        started = time.monotonic()
+        app.server.handle_exit(signal.SIGTERM, None)
+        assert httpx.get(f"{app.base_url}/health").status_code == 503
+        app.thread.join(15)
+        assert not app.thread.is_alive(), "still serving past the drain timeout"
+        assert time.monotonic() - started < 2 + 6  # the timeout, then the shutdown grace
+        assert app.server.exit_code == 0
+
+
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_signal_stops_at_once(tokenizer, second):
+    with app_server(fake_engine(tokenizer), drain_timeout=60) as app:
+        open_stalled_stream(app)
+        app.server.handle_exit(signal.SIGTERM, None)
+        time.sleep(0.3)
+        assert app.thread.is_alive()  # draining
+        started = time.monotonic()
+        app.server.handle_exit(second, None)
+        app.thread.join(10)
+        assert not app.thread.is_alive() and time.monotonic() - started < 3
+        assert app.server.exit_code == 0 and app.server._captured_signals == []
