@@ -24,6 +24,10 @@ class ConstraintTimeout(Exception):
     """The constraint did not compile within the limit."""
 
 
+class ConstraintBusy(Exception):
+    """The compiler stayed busy with other requests' constraints for the whole limit."""
+
+
 class ConstraintError(ValueError):
     """The backend refused the constraint (the first line of its message)."""
 
@@ -39,11 +43,17 @@ def _compile_forever(connection: Connection, vllm_config: Any) -> None:
     backend = XgrammarBackend(
         vllm_config, tokenizer=tokenizer, vocab_size=model_config.get_vocab_size()
     )
+    bitmask = backend.allocate_token_bitmask(1)
     connection.send(READY)
     while True:
         constraint = connection.recv()
         try:
-            backend.compile_grammar(*get_structured_output_key(constraint))
+            grammar = backend.compile_grammar(*get_structured_output_key(constraint))
+            # A schema that refers only to itself ({"$ref": "#"}) compiles, but allows no first
+            # token: the engine would end the request with finish_reason "error".
+            grammar.fill_bitmask(bitmask, 0)
+            if not bool(bitmask.ne(0).any()):
+                raise ValueError("the constraint admits no output at all (a $ref cycle?)")
         except Exception as error:  # the backend's refusal, told to the client
             lines = str(error).strip().splitlines()
             connection.send(lines[0] if lines else type(error).__name__)
@@ -75,20 +85,32 @@ class ConstraintCompiler:
         self._connection, self._ready = parent, False
 
     async def check(self, constraint: Any) -> None:
-        """Compile ``constraint`` (vLLM's StructuredOutputsParams) within the time limit."""
-        async with self._lock:
-            if self._process is None or not self._process.is_alive():
-                self.start()
-            if not self._ready:  # a fresh process: its start is not the constraint's time
-                await asyncio.to_thread(self.wait_ready)
-            connection = self._connection
-            connection.send(constraint)
-            if not await asyncio.to_thread(connection.poll, self.timeout):
-                logger.warning("a constraint took over %g s to compile; refused", self.timeout)
-                self.shutdown()
-                self.start()
-                raise ConstraintTimeout
-            refusal = connection.recv()
+        """Compile ``constraint`` (vLLM's StructuredOutputsParams) within the time limit,
+        after waiting at most as long for the compiler (`ConstraintBusy` past that)."""
+        if constraint.json_object:  # vLLM's fixed grammar for any JSON object: nothing to try
+            return
+        try:
+            await asyncio.wait_for(self._lock.acquire(), self.timeout)
+        except TimeoutError:
+            raise ConstraintBusy from None
+        try:
+            await self._check(constraint)
+        finally:
+            self._lock.release()
+
+    async def _check(self, constraint: Any) -> None:
+        if self._process is None or not self._process.is_alive():
+            self.start()
+        if not self._ready:  # a fresh process: its start is not the constraint's time
+            await asyncio.to_thread(self.wait_ready)
+        connection = self._connection
+        connection.send(constraint)
+        if not await asyncio.to_thread(connection.poll, self.timeout):
+            logger.warning("a constraint took over %g s to compile; refused", self.timeout)
+            self.shutdown()
+            self.start()
+            raise ConstraintTimeout
+        refusal = connection.recv()
         if refusal is not None:
             raise ConstraintError(refusal)
 

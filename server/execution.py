@@ -25,9 +25,10 @@ from vllm import RequestOutput, SamplingParams
 
 from server import responses as r
 from server.admission import Admission, Ticket
-from server.constraints import ConstraintTimeout
+from server.constraints import ConstraintBusy, ConstraintTimeout
 from server.engine_client import EngineClient
-from server.errors import NO_RETRY, APIError, as_api_error, error_body
+from server.errors import NO_RETRY, RETRY_AFTER_SECONDS, APIError, as_api_error, error_body
+from server.lanes import EngineLanes
 from server.lora import Adapters
 from server.metrics import Metrics
 from server.middleware import RequestContext
@@ -118,6 +119,7 @@ class Executor:
         self.engine, self.admission, self.limits = engine, admission, limits
         self.request_timeout, self.adapters, self.metrics = request_timeout, adapters, metrics
         self.model = engine.info.name
+        self.lanes = EngineLanes(exclusive_needed=engine.max_lora_rank is not None)
         self._abort_tasks: set[asyncio.Task] = set()
 
     def check_model(self, name: str | None) -> LoRARequest | None:
@@ -158,6 +160,15 @@ class Executor:
     async def _check_constraint(self, job: Job, param: str) -> None:
         try:
             await self.engine.check_constraint(job.params)
+        except ConstraintBusy:
+            raise APIError(
+                429,
+                f"the constraint compiler stayed busy with other requests' constraints for "
+                f"{self.engine.constraint_timeout:g} s; retry later",
+                param=param,
+                code="constraint_compiler_busy",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            ) from None
         except (TimeoutError, ConstraintTimeout):
             raise APIError(
                 400,
@@ -174,12 +185,20 @@ class Executor:
             raise APIError(failure.status, f"{param}: {failure.message}", param=param) from None
 
     # ------------------------------------------------------------------ engine
-    def _streams(self, job: Job) -> AsyncIterator[tuple[int, RequestOutput]]:
-        generators = [
-            self.engine.generate(p.token_ids, job.params, engine_id, job.lora)
-            for p, engine_id in zip(job.prompts, job.engine_ids, strict=True)
-        ]
-        return merge_async_iterators(*generators)
+    async def _streams(self, job: Job) -> AsyncIterator[tuple[int, RequestOutput]]:
+        alone = job.params.prompt_logprobs is not None  # (`server.lanes`: LoRA's limit)
+        async with contextlib.AsyncExitStack() as held:
+            try:  # the wait for the engine counts against the request's deadline
+                async with asyncio.timeout(self.request_timeout):
+                    await held.enter_async_context(self.lanes.enter(alone))
+            except TimeoutError:
+                raise self._timed_out() from None
+            generators = [
+                self.engine.generate(p.token_ids, job.params, engine_id, job.lora)
+                for p, engine_id in zip(job.prompts, job.engine_ids, strict=True)
+            ]
+            async for item in merge_async_iterators(*generators):
+                yield item
 
     def _deadline_at(self) -> float | None:
         if self.request_timeout is None:

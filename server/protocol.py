@@ -20,6 +20,8 @@ MAX_LOGPROBS = 20
 MAX_STOP_SEQUENCES = 16
 MAX_BAD_WORDS = 256
 MAX_TOOLS = 128
+# A choice constraint's options: 100,000 of them took the constraint compiler minutes.
+MAX_CHOICES = 1024
 INT64 = {"ge": -(2**63), "le": 2**63 - 1}
 TokenIds = list[Annotated[int, Field(ge=0)]]
 
@@ -73,7 +75,7 @@ class StructuredOutputs(BaseModel):
     model_config = STRICT
     json_schema: dict[str, Any] | Text | None = Field(None, alias="json")
     regex: Text | None = None
-    choice: list[Text] | None = Field(None, min_length=1)
+    choice: list[Text] | None = Field(None, min_length=1, max_length=MAX_CHOICES)
     grammar: Text | None = None
     json_object: bool | None = None
     disable_any_whitespace: bool = False

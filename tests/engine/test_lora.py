@@ -4,6 +4,8 @@ One server for the module: the plain tiny checkpoint extended to resonance_yarn 
 one adapter given at start (--lora-module) and runtime loading allowed behind the API key.
 """
 
+import concurrent.futures
+
 import httpx
 import pytest
 import torch
@@ -168,3 +170,30 @@ def test_bad_adapters_are_refused_and_leave_nothing_behind(http, plain_checkpoin
     assert names == [BASE, ADAPTER]
     body = {"model": ADAPTER, "prompt": "still serving", "max_tokens": 3}
     assert http.post("/v1/completions", json=body).status_code == 200
+
+
+@pytest.mark.parametrize("model", [BASE, ADAPTER])
+def test_concurrent_prompt_logprobs_with_lora_on_do_not_kill_the_engine(http, lora_server, model):
+    """vLLM's CPU LoRA logits path crashes the engine on a batch of two requests when one asks
+    for prompt log-probabilities (`server.lanes`); the server runs such a request alone, so
+    both are answered and the server lives. No adapter needs to be named for the crash."""
+    bodies = [
+        {"model": model, "prompt": token_prompt(900, salt), "max_tokens": 1, "prompt_logprobs": 1}
+        for salt in (1, 2)
+    ]
+    bodies.append(
+        {
+            "model": model,
+            "prompt": token_prompt(900, 3),
+            "max_tokens": 8,
+            "echo": True,
+            "logprobs": 0,
+        }
+    )
+    bodies.append({"model": model, "prompt": token_prompt(300, 4), "max_tokens": 8})
+    with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
+        responses = list(pool.map(lambda body: http.post("/v1/completions", json=body), bodies))
+    assert [r.status_code for r in responses] == [200] * len(bodies), responses[0].text
+    assert len(responses[0].json()["choices"][0]["prompt_logprobs"]) == 900
+    assert lora_server.process.poll() is None
+    assert http.get("/health").status_code == 200

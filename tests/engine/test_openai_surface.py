@@ -146,6 +146,42 @@ def test_a_hostile_schema_is_refused_in_bounded_time_while_others_are_served(htt
     assert after.json()["choices"][0]["message"]["content"] in ("one", "two")
 
 
+def test_a_benign_constraint_is_served_beside_eight_hostile_ones(http):
+    """Eight 20,000-string enums at once (each takes the compiler past its 5 s limit) hold the
+    compiler for one limit; the others wait at most one limit for it (429, retry later); a
+    json_object request needs no compiler and is answered meanwhile."""
+    hostile = {"type": "string", "enum": [f"value-{i}-{'x' * 20}" for i in range(20_000)]}
+    fields = {
+        "response_format": {"type": "json_schema", "json_schema": {"name": "h", "schema": hostile}},
+        "max_tokens": 10,
+    }
+    with concurrent.futures.ThreadPoolExecutor(9) as pool:
+        hostiles = [pool.submit(chat, http, **fields) for _ in range(8)]
+        time.sleep(0.5)
+        started = time.monotonic()
+        benign = chat(http, max_tokens=40, response_format={"type": "json_object"})
+        answered = time.monotonic() - started
+        statuses = sorted(f.result().status_code for f in hostiles)
+    assert benign.status_code == 200 and answered < 15, (benign.status_code, answered)
+    assert set(statuses) <= {400, 429}, statuses
+    hundred_thousand = chat(http, max_tokens=5, structured_outputs={"choice": ["a"] * 100_000})
+    assert hundred_thousand.status_code == 400
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"$ref": "#"},
+        {"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"},
+    ],
+)
+def test_a_schema_that_admits_no_output_is_a_400(http, schema):
+    fields = {"type": "json_schema", "json_schema": {"name": "loop", "schema": schema}}
+    response = chat(http, max_tokens=10, response_format=fields)
+    assert response.status_code == 400, response.text
+    assert "admits no output" in response.json()["error"]["message"]
+
+
 # ----------------------------------------------------------------------------- tools
 def test_a_named_tool_choice_gives_a_call_whose_arguments_fit_the_schema(client):
     reply = client.chat.completions.create(
