@@ -62,10 +62,12 @@ def start_server(
     log: Path,
     env: dict[str, str | None] | None = None,
     timeout: float = 240,
+    cwd: Path | None = None,
 ) -> RunningServer:
     """Start ``command`` (which must listen on ``port``) and wait until /health answers 200.
 
-    ``env`` adds to this process's environment; a value of None removes the variable.
+    ``env`` adds to this process's environment; a value of None removes the variable; ``cwd``
+    (a checkout of another version) is where ``python -m server`` finds its code.
     """
     environment = {**os.environ, **(env or {})}
     environment = {key: value for key, value in environment.items() if value is not None}
@@ -75,6 +77,7 @@ def start_server(
         stdout=handle,
         stderr=subprocess.STDOUT,
         env=environment,
+        cwd=cwd,
         start_new_session=True,  # its own process group: the engine's processes included
     )
     server = RunningServer(f"http://127.0.0.1:{port}", process, log)

