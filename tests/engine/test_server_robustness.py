@@ -123,9 +123,10 @@ def test_api_keys_are_compared_as_fixed_length_digests(monkeypatch):
     monkeypatch.setattr(hmac, "compare_digest", recording)
     state = ServerState(api_keys=[key_digest("right-key"), key_digest("another")])
     gate = Gatekeeper(None, state, None, frozenset(), 1024, False)
-    assert gate._authorized(b"Bearer right-key")
-    assert not gate._authorized(b"Bearer " + b"x" * 5000)
-    assert not gate._authorized(b"Bearer r")
+    assert gate._authorized({b"authorization": b"Bearer right-key"})
+    assert gate._authorized({b"x-api-key": b"another"})  # Anthropic's clients send this one
+    assert not gate._authorized({b"authorization": b"Bearer " + b"x" * 5000})
+    assert not gate._authorized({b"authorization": b"Bearer r"})
     assert {pair for pair in compared} == {(32, 32)}
 
 

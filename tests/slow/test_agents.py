@@ -4,8 +4,7 @@ frameworks people use, each through a whole tool loop (call, result, final answe
 A 135M model rarely chooses a tool by itself, so the first turn forces the call
 (``tool_choice`` required or named); the loop itself (the call parsed, its result sent back in
 the history, an answer to it) is what these tests hold. llama-index's OpenAI integration is not
-here: it requires openai<3, and vLLM 0.32 and openai-agents need openai 3 in the same
-environment.
+here: it requires openai<3, and openai-agents (and pydantic-ai) openai 3, in one environment.
 """
 
 import json
