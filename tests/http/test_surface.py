@@ -395,3 +395,38 @@ def test_a_second_signal_stops_at_once(tokenizer, second):
         app.thread.join(10)
         assert not app.thread.is_alive() and time.monotonic() - started < 3
         assert app.server.exit_code == 0 and app.server._captured_signals == []
+
+
+# ------------------------------------------------------------------ every generation route
+ROUTES = {
+    "/v1/completions": {"model": MODEL, "prompt": "x", "max_tokens": 5},
+    "/v1/chat/completions": {"model": MODEL, "messages": CHAT, "max_tokens": 5},
+    "/v1/responses": {"model": MODEL, "input": "x", "max_output_tokens": 5},
+    "/v1/messages": {"model": MODEL, "messages": CHAT, "max_tokens": 5},
+}
+
+
+@pytest.mark.parametrize("path", list(ROUTES))
+def test_every_route_is_admitted_timed_aborted_and_counted_at_the_seam(tokenizer, path):
+    engine = fake_engine(tokenizer)
+    with app_server(engine, max_concurrent_requests=1, request_timeout=1) as app:
+        url, body = f"{app.base_url}{path}", ROUTES[path]
+        engine.faults.stall = True
+        holder = threading.Thread(target=lambda: httpx.post(url, json=body, timeout=10))
+        holder.start()
+        wait_until(lambda: engine.running)
+        assert admitted(app, "tokens") > 0  # its tokens are charged while it runs
+        busy = httpx.post(url, json=body, timeout=10)
+        assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
+        holder.join(10)  # the stalled one ends at its deadline: aborted in the engine
+        assert engine.aborted and admitted(app) == 0 and admitted(app, "tokens") == 0
+        timed_out = httpx.post(url, json=body, timeout=10)
+        assert timed_out.status_code == 504
+        engine.faults.stall = False
+        with httpx.stream("POST", url, json=body | {"stream": True}, timeout=10) as stream:
+            assert stream.status_code == 200
+        wait_until(lambda: admitted(app) == 0)
+        counted = metric_samples(
+            app.metrics_text(), "resonance_requests_total", f'endpoint="{path}"'
+        )
+        assert sum(counted) == 4
