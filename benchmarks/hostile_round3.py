@@ -156,10 +156,9 @@ def engine_core(server: RunningServer) -> psutil.Process:
 def probe_stall(server: RunningServer, stopped_for: float = 20) -> dict[str, Any]:
     """SIGSTOP the engine core with a request in it; /health each second; then SIGCONT."""
     core = engine_core(server)
-    pending = concurrent.futures.ThreadPoolExecutor(1).submit(
-        completion, server, {"prompt": prompt(200, 7), "max_tokens": 64}
-    )
-    time.sleep(0.5)
+    long_request = {"prompt": prompt(100, 7), "max_tokens": 900, "ignore_eos": True}
+    pending = concurrent.futures.ThreadPoolExecutor(1).submit(completion, server, long_request)
+    time.sleep(0.5)  # (it runs for seconds: still in the engine when the engine stops)
     core.send_signal(signal.SIGSTOP)
     started, first_failure = time.monotonic(), None
     try:
