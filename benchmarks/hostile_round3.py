@@ -4,7 +4,11 @@ Each probe takes a running server (started from the current directory, so a chec
 older version measures that version) and returns what it measured; `tests/slow` holds the
 current version to them, and `main` prints them for docs/RESULTS.md section 4:
 
-    python -m benchmarks.hostile_round3 [--probes lockout,stall,...] [--out FILE.json]
+    python -m benchmarks.hostile_round3 [--probes lockout,stall,...] [--server-dir DIR] \
+        [--out FILE.json]
+
+``--server-dir DIR``: a checkout of another version (``git worktree add DIR COMMIT``), whose
+``python -m server`` runs from DIR with this environment's packages.
 
 Settings new in this round reach the server as RESONANCE_* variables, which an older version
 ignores, so both versions run with the same command.
@@ -63,9 +67,10 @@ def server_flags(checkpoint: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def hostile_server(flags: list[str], log: Path) -> Iterator[RunningServer]:
+def hostile_server(flags: list[str], log: Path, cwd: Path | None = None) -> Iterator[RunningServer]:
     port = free_port()
-    server = start_server([*SERVER, "--port", str(port), *flags], port, log, env=ENV, timeout=300)
+    command = [*SERVER, "--port", str(port), *flags]
+    server = start_server(command, port, log, env=ENV, timeout=300, cwd=cwd)
     try:
         yield server
     finally:
@@ -238,6 +243,35 @@ def probe_small_inputs(server: RunningServer) -> dict[str, Any]:
     }
 
 
+def probe_memory(server: RunningServer, rounds: int = 6, per_round: int = 10) -> dict[str, Any]:
+    """The same large tool-schema request again and again: the front end's RSS after each
+    round. A leak grows with every round; memory that allocators keep stays level."""
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": f"tool_{i}",
+                "parameters": {
+                    "type": "object",
+                    "properties": {
+                        f"field_{j}": {"type": "string", "enum": [f"v{k}" for k in range(40)]}
+                        for j in range(20)
+                    },
+                },
+            },
+        }
+        for i in range(20)
+    ]
+    body = {"tools": tools, "tool_choice": "required", "max_tokens": 16}
+    front_end = psutil.Process(server.process.pid)
+    rss = [round(front_end.memory_info().rss / 2**20)]
+    for _ in range(rounds):
+        for _ in range(per_round):
+            chat(server, body)
+        rss.append(round(front_end.memory_info().rss / 2**20))
+    return {"front_end_rss_mib_by_round": rss}
+
+
 def probe_lora_fifo(server: RunningServer, folder: Path) -> dict[str, Any]:
     """A runtime load of an adapter whose adapter_config.json is a FIFO nobody writes."""
     fifo_dir = folder / "fifo-adapter"
@@ -259,6 +293,10 @@ def probe_lora_fifo(server: RunningServer, folder: Path) -> dict[str, Any]:
         load = loading.result(timeout=60).status_code
     except (concurrent.futures.TimeoutError, httpx.HTTPError) as error:
         load = type(error).__name__
+    with contextlib.suppress(OSError):  # a reader still blocked on it (an older server) ends
+        writer = os.open(fifo_dir / "adapter_config.json", os.O_WRONLY | os.O_NONBLOCK)
+        os.write(writer, b"{}")
+        os.close(writer)
     return {"slowest_health_s": max(health_times), "load": load}
 
 
@@ -293,12 +331,13 @@ def probe_drain(server: RunningServer) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ running
-def run(names: list[str], root: Path) -> dict[str, dict[str, Any]]:
+def run(names: list[str], root: Path, cwd: Path | None = None) -> dict[str, dict[str, Any]]:
     plain = build_tiny_checkpoint(root / "plain")
     results: dict[str, dict[str, Any]] = {}
-    base = [n for n in names if n in ("lockout", "stall", "constraints", "small_inputs", "drain")]
+    base_probes = ("memory", "lockout", "stall", "constraints", "small_inputs", "drain")
+    base = [n for n in names if n in base_probes]
     if base:
-        with hostile_server(server_flags(plain), root / "base.log") as server:
+        with hostile_server(server_flags(plain), root / "base.log", cwd) as server:
             for name in base:  # drain is last: it stops the server
                 print(f"probe {name}", flush=True)
                 probe = globals()[f"probe_{name}"]
@@ -307,7 +346,7 @@ def run(names: list[str], root: Path) -> dict[str, dict[str, Any]]:
     lora = [n for n in names if n in ("lora_prompt_logprobs", "lora_fifo")]
     if lora:
         flags = [*server_flags(plain), "--allow-runtime-lora", "--max-lora-rank", "8"]
-        with hostile_server(flags, root / "lora.log") as server:
+        with hostile_server(flags, root / "lora.log", cwd) as server:
             for name in lora:
                 print(f"probe {name}", flush=True)
                 if name == "lora_fifo":
@@ -318,9 +357,10 @@ def run(names: list[str], root: Path) -> dict[str, dict[str, Any]]:
     return results
 
 
-PROBES = [
-    "lora_prompt_logprobs",
+PROBES = [  # on an older server the first LoRA probe may hang it, the second kill it
     "lora_fifo",
+    "lora_prompt_logprobs",
+    "memory",
     "lockout",
     "stall",
     "constraints",
@@ -332,10 +372,12 @@ PROBES = [
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--probes", default=",".join(PROBES))
+    parser.add_argument("--server-dir", type=Path)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    cwd = args.server_dir.resolve() if args.server_dir else None
     with tempfile.TemporaryDirectory() as tmp:
-        results = run(args.probes.split(","), Path(tmp))
+        results = run(args.probes.split(","), Path(tmp), cwd)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
 

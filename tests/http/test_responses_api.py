@@ -149,3 +149,19 @@ def test_unsupported_parts_are_400s(app):
     }
     assert httpx.post(url, json=image, headers=headers).status_code == 400
     assert httpx.post(url, json={"model": "fake-model", "input": "x"}).status_code == 401
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_parallel_tool_calls_false_allows_exactly_one_call(app, client, parallel):
+    seen_before = len(app.engine.seen)
+    client.responses.create(
+        model="fake-model",
+        input="x",
+        tools=[TOOL],
+        tool_choice="required",
+        parallel_tool_calls=parallel,
+        max_output_tokens=20,
+    )
+    (request,) = list(app.engine.seen.values())[seen_before:]
+    schema = request.params.structured_outputs.json
+    assert schema["type"] == "array" and schema.get("maxItems") == (None if parallel else 1)

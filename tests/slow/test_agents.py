@@ -152,6 +152,7 @@ def test_responses_function_call_loop_and_previous_response_id(openai_client):
         input=QUESTION,
         tools=[tool],
         tool_choice="required",
+        parallel_tool_calls=False,
         max_output_tokens=48,
         temperature=0,
     )
@@ -189,10 +190,10 @@ def test_anthropic_messages_create_stream_and_a_tool_loop(demo_server):
     first = client.messages.create(
         model=DEMO_NAME,
         max_tokens=48,
-        temperature=0,
         tools=[tool],
-        tool_choice={"type": "tool", "name": "get_weather"},
+        tool_choice={"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True},
         messages=[ask],
+        **greedy,
     )
     (use,) = [b for b in first.content if b.type == "tool_use"]
     assert first.stop_reason == "tool_use" and use.name == "get_weather"
@@ -200,7 +201,7 @@ def test_anthropic_messages_create_stream_and_a_tool_loop(demo_server):
     second = client.messages.create(
         model=DEMO_NAME,
         max_tokens=32,
-        temperature=0,
+        **greedy,
         tools=[tool],
         messages=[
             ask,
