@@ -155,6 +155,17 @@ def chat_request(
         raise APIError(400, f"{where}: {message}", param=where or None) from None
 
 
+@dataclass(frozen=True)
+class Answer:
+    """What the chat path produced for one Responses request."""
+
+    content: str | None
+    calls: list[dict[str, Any]]
+    finish_reason: str | None
+    usage: dict[str, Any] | None  # the chat usage
+    model: str
+
+
 @dataclass
 class Turn:
     """One Responses request on its way: what it asked, what came back, and where it is kept."""
@@ -166,31 +177,24 @@ class Turn:
     id: str = field(default_factory=lambda: f"resp_{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
 
-    def response(
-        self,
-        content: str | None,
-        calls: list[dict[str, Any]],
-        finish_reason: str | None,
-        usage: dict[str, Any] | None,
-        model: str,
-    ) -> dict[str, Any]:
+    def response(self, answer: Answer) -> dict[str, Any]:
         """The response as the API returns it."""
         functions = [
             FunctionCall(
                 id=c["id"], name=c["function"]["name"], arguments=c["function"]["arguments"]
             )
-            for c in calls
+            for c in answer.calls
         ]
-        output = build_response_output_items(None, content, functions, tools=self.request.tools)
-        status = "incomplete" if finish_reason == "length" else "completed"
         request = self.request
+        output = build_response_output_items(None, answer.content, functions, tools=request.tools)
+        status = "incomplete" if answer.finish_reason == "length" else "completed"
         response = ResponsesResponse(
             id=self.id,
             created_at=self.created,
             incomplete_details={"reason": "max_output_tokens"} if status == "incomplete" else None,
             instructions=request.instructions,
             metadata=request.metadata,
-            model=model,
+            model=answer.model,
             output=output,
             parallel_tool_calls=request.parallel_tool_calls is not False,
             temperature=request.temperature if request.temperature is not None else 1.0,
@@ -204,33 +208,27 @@ class Turn:
             status=status,
             text=request.text,
             truncation=request.truncation or "disabled",
-            usage=_usage(usage) if usage else None,
+            usage=_usage(answer.usage) if answer.usage else None,
             user=request.user,
         )
         return response.model_dump(mode="json", exclude_none=True)
 
-    def finished(
-        self,
-        content: str | None,
-        calls: list[dict[str, Any]],
-        finish_reason: str | None,
-        usage: dict[str, Any] | None,
-        model: str,
-    ) -> dict[str, Any]:
+    def finished(self, answer: Answer) -> dict[str, Any]:
         """The response, kept for ``previous_response_id`` unless ``store`` is false."""
         if self.request.store is not False:
-            answer: dict[str, Any] = {"role": "assistant", "content": content or ""}
-            if calls:
-                answer["tool_calls"] = calls
-            self.s.response_store.put(self.owner, self.id, [*self.messages, answer])
-        return self.response(content, calls, finish_reason, usage, model)
+            said: dict[str, Any] = {"role": "assistant", "content": answer.content or ""}
+            if answer.calls:
+                said["tool_calls"] = answer.calls
+            self.s.response_store.put(self.owner, self.id, [*self.messages, said])
+        return self.response(answer)
 
     def whole(self, body: dict[str, Any]) -> dict[str, Any]:
         (choice,) = body["choices"]
         message = choice["message"]
         calls = message.get("tool_calls") or []
+        usage = body["usage"]
         return self.finished(
-            message["content"], calls, choice["finish_reason"], body["usage"], body["model"]
+            Answer(message["content"], calls, choice["finish_reason"], usage, body["model"])
         )
 
     async def events(self, chat_events: AsyncIterator[str]) -> AsyncIterator[str]:
@@ -271,7 +269,7 @@ class EventStream:
         return f"event: {kind}\ndata: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
     def _shell(self, status: str) -> dict[str, Any]:
-        body = self.turn.response(None, [], None, None, self.model)
+        body = self.turn.response(Answer(None, [], None, None, self.model))
         return body | {"status": status, "output": []}
 
     def read(self, line: str) -> list[str]:
@@ -337,9 +335,8 @@ class EventStream:
             {"id": c.get("id") or f"call_{uuid.uuid4().hex}", "type": "function", **c}
             for _, c in sorted(self.calls.items())
         ]
-        body = self.turn.finished(
-            self.text or None, calls, self.finish_reason, self.usage, self.model
-        )
+        answer = Answer(self.text or None, calls, self.finish_reason, self.usage, self.model)
+        body = self.turn.finished(answer)
         events = []
         for index, item in enumerate(body["output"]):
             if item["type"] == "message":

@@ -48,7 +48,10 @@ def openai_client(base_url) -> OpenAI:
 
 
 def history_with_a_call() -> list[dict]:
+    """developer, assistant tool_calls with content null, and the tool's result, as agents
+    send them."""
     return [
+        {"role": "developer", "content": "You answer with the tool's result."},
         {"role": "user", "content": QUESTION},
         {
             "role": "assistant",
@@ -84,6 +87,8 @@ def test_the_second_turn_of_a_tool_loop_is_answered(openai_client, stream, tools
     else:
         text = reply.choices[0].message.content or ""
     assert text.strip()
+    if not tools:  # the model's own template: the answer uses the result (seen: "Sunny, 21")
+        assert "21" in text or "unny" in text, text
 
 
 def test_required_tool_choice_in_48_tokens_gives_a_parsed_call(openai_client):

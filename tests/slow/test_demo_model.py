@@ -225,28 +225,3 @@ def test_json_mode_gives_a_json_object(demo_client):
         messages=[{"role": "user", "content": CAPITAL_QUESTION}],
     )
     assert isinstance(json.loads(reply.choices[0].message.content), dict)
-
-
-def test_a_tool_result_in_the_history_is_answered(demo_client):
-    """developer, assistant tool_calls with content null, and the tool's result, as agents send."""
-    messages = [
-        {"role": "developer", "content": "You answer with the tool's result."},
-        {"role": "user", "content": "What is the weather in Paris?"},
-        {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {
-                    "id": "call_1",
-                    "type": "function",
-                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
-                }
-            ],
-        },
-        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 24 degrees."},
-    ]
-    reply = demo_client.chat.completions.create(
-        model=DEMO_NAME, messages=messages, temperature=0, max_tokens=30
-    )
-    assert reply.choices[0].finish_reason in ("stop", "length")
-    assert "24" in reply.choices[0].message.content or "unny" in reply.choices[0].message.content
