@@ -16,7 +16,7 @@ from server.metrics import Metrics
 from server.plan import EnginePlan, describe
 
 logger = logging.getLogger(__name__)
-SHUTDOWN_GRACE_SECONDS = 10  # for the engine's processes to end after vLLM's shutdown
+SHUTDOWN_GRACE_SECONDS = 3  # for the engine's processes to end when asked to
 
 
 class Engine:
@@ -116,8 +116,11 @@ class Engine:
         return now - self._progress_at
 
     def shutdown(self) -> None:
+        """Stop the engine now (the front end has drained what it will): vLLM's engine core
+        would otherwise finish the requests it still holds first, and a worker blocked in a
+        system call would outlive the server."""
         self.constraints.shutdown()
-        self.llm.shutdown()
+        self.llm.shutdown(timeout=SHUTDOWN_GRACE_SECONDS)
         _reap_children(SHUTDOWN_GRACE_SECONDS)
 
 

@@ -65,4 +65,5 @@ def test_the_small_bad_inputs_are_400s(server):
 
 def test_sigterm_with_a_client_that_never_reads_ends_within_the_drain_timeout(server):
     seen = attack.probe_drain(server)  # (the module's last test: it stops the server)
-    assert seen["exit_status"] == 0 and seen["exit_s"] < attack.DRAIN_SECONDS + 10, seen
+    # The drain, then at most the shutdown's grace for the connections and for the engine.
+    assert seen["exit_status"] == 0 and seen["exit_s"] < attack.DRAIN_SECONDS + 8, seen
