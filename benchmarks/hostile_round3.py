@@ -301,19 +301,22 @@ def probe_lora_fifo(server: RunningServer, folder: Path) -> dict[str, Any]:
 
 
 def probe_drain(server: RunningServer) -> dict[str, Any]:
-    """SIGTERM with a stream open whose client reads nothing; time to exit, exit status."""
+    """SIGTERM with a stream open whose client reads nothing (its receive buffer made small
+    before it connects, and far more events than the buffers hold); time to exit, status."""
     body = json.dumps(
         {
             "model": MODEL,
-            "prompt": prompt(200, 9),
+            "prompt": prompt(100, 9),
             "max_tokens": 900,
+            "ignore_eos": True,
             "stream": True,
             "logprobs": 20,
-            "n": 8,
+            "n": 16,
         }
     )
-    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
     sock.sendall(
         f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode()
