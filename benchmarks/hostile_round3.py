@@ -272,6 +272,38 @@ def probe_memory(server: RunningServer, rounds: int = 6, per_round: int = 10) ->
     return {"front_end_rss_mib_by_round": rss}
 
 
+def probe_idle_memory(server: RunningServer, requests: int = 40) -> dict[str, Any]:
+    """Many different large tool-schema requests, then 40 s idle: the front end's RSS before,
+    right after and after the idle time (memory the requests freed, given back or kept)."""
+    front_end = psutil.Process(server.process.pid)
+
+    def mib() -> int:
+        return round(front_end.memory_info().rss / 2**20)
+
+    start = mib()
+    for n in range(requests):
+        tools = [
+            {
+                "type": "function",
+                "function": {
+                    "name": f"t{n}_{i}",
+                    "parameters": {
+                        "type": "object",
+                        "properties": {
+                            f"f{n}_{j}": {"type": "string", "description": "x" * 2000}
+                            for j in range(40)
+                        },
+                    },
+                },
+            }
+            for i in range(20)
+        ]
+        chat(server, {"tools": tools, "tool_choice": "required", "max_tokens": 8})
+    after = mib()
+    time.sleep(40)
+    return {"rss_mib_start": start, "rss_mib_after_requests": after, "rss_mib_idle_40s": mib()}
+
+
 def probe_lora_fifo(server: RunningServer, folder: Path) -> dict[str, Any]:
     """A runtime load of an adapter whose adapter_config.json is a FIFO nobody writes."""
     fifo_dir = folder / "fifo-adapter"
@@ -337,7 +369,15 @@ def probe_drain(server: RunningServer) -> dict[str, Any]:
 def run(names: list[str], root: Path, cwd: Path | None = None) -> dict[str, dict[str, Any]]:
     plain = build_tiny_checkpoint(root / "plain")
     results: dict[str, dict[str, Any]] = {}
-    base_probes = ("memory", "lockout", "stall", "constraints", "small_inputs", "drain")
+    base_probes = (
+        "memory",
+        "idle_memory",
+        "lockout",
+        "stall",
+        "constraints",
+        "small_inputs",
+        "drain",
+    )
     base = [n for n in names if n in base_probes]
     if base:
         with hostile_server(server_flags(plain), root / "base.log", cwd) as server:
@@ -364,6 +404,7 @@ PROBES = [  # on an older server the first LoRA probe may hang it, the second ki
     "lora_fifo",
     "lora_prompt_logprobs",
     "memory",
+    "idle_memory",
     "lockout",
     "stall",
     "constraints",

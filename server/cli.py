@@ -11,6 +11,7 @@ import time
 import uvicorn
 from pydantic import ValidationError
 
+from server.memory import IdleTrim
 from server.settings import Settings, load_settings
 
 logger = logging.getLogger("resonance-serve")
@@ -102,6 +103,7 @@ class DrainingServer(uvicorn.Server):
         self.state, self.engine, self.drain_timeout = state, engine, drain_timeout
         self.drain_started: float | None = None
         self.exit_code = 0
+        self.idle_trim = IdleTrim()
 
     def handle_exit(self, sig: int, frame) -> None:
         if sig not in (signal.SIGTERM, signal.SIGINT):
@@ -135,6 +137,7 @@ class DrainingServer(uvicorn.Server):
             self.exit_code = 1
             self.should_exit = True
         self.engine.stalled_seconds()  # keeps the engine's progress clock current while idle
+        self.idle_trim.tick(self.state.active_requests)
         return await super().on_tick(counter)
 
 

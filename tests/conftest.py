@@ -33,6 +33,9 @@ from tests.helpers import (
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Test servers start their constraint compiler at the first constrained request (production:
+# with the engine), so the many servers that never see a constraint do not pay for it.
+os.environ.setdefault("RESONANCE_CONSTRAINT_COMPILER", "lazy")
 
 
 @pytest.fixture(scope="session")
