@@ -366,51 +366,38 @@ def probe_drain(server: RunningServer) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ running
+# Each probe, in the order it runs, and the server it needs (the LoRA ones first: on an older
+# server the first may hang it and the second kill it; drain last: it stops its server).
+PROBES: dict[str, tuple[str, Callable[[RunningServer, Path], dict[str, Any]]]] = {
+    "lora_fifo": ("lora", probe_lora_fifo),
+    "lora_prompt_logprobs": ("lora", lambda server, root: probe_lora_prompt_logprobs(server)),
+    "memory": ("base", lambda server, root: probe_memory(server)),
+    "idle_memory": ("base", lambda server, root: probe_idle_memory(server)),
+    "lockout": ("base", lambda server, root: probe_lockout(server)),
+    "stall": ("base", lambda server, root: probe_stall(server)),
+    "constraints": ("base", lambda server, root: probe_constraints(server)),
+    "small_inputs": ("base", lambda server, root: probe_small_inputs(server)),
+    "drain": ("base", lambda server, root: probe_drain(server)),
+}
+
+
 def run(names: list[str], root: Path, cwd: Path | None = None) -> dict[str, dict[str, Any]]:
     plain = build_tiny_checkpoint(root / "plain")
+    servers = {
+        "lora": [*server_flags(plain), "--allow-runtime-lora", "--max-lora-rank", "8"],
+        "base": server_flags(plain),
+    }
     results: dict[str, dict[str, Any]] = {}
-    base_probes = (
-        "memory",
-        "idle_memory",
-        "lockout",
-        "stall",
-        "constraints",
-        "small_inputs",
-        "drain",
-    )
-    base = [n for n in names if n in base_probes]
-    if base:
-        with hostile_server(server_flags(plain), root / "base.log", cwd) as server:
-            for name in base:  # drain is last: it stops the server
+    for kind, flags in servers.items():
+        chosen = [name for name in PROBES if name in names and PROBES[name][0] == kind]
+        if not chosen:
+            continue
+        with hostile_server(flags, root / f"{kind}.log", cwd) as server:
+            for name in chosen:
                 print(f"probe {name}", flush=True)
-                probe = globals()[f"probe_{name}"]
-                results[name] = probe(server)
-                print(json.dumps(results[name]), flush=True)
-    lora = [n for n in names if n in ("lora_prompt_logprobs", "lora_fifo")]
-    if lora:
-        flags = [*server_flags(plain), "--allow-runtime-lora", "--max-lora-rank", "8"]
-        with hostile_server(flags, root / "lora.log", cwd) as server:
-            for name in lora:
-                print(f"probe {name}", flush=True)
-                if name == "lora_fifo":
-                    results[name] = probe_lora_fifo(server, root)
-                else:
-                    results[name] = probe_lora_prompt_logprobs(server)
+                results[name] = PROBES[name][1](server, root)
                 print(json.dumps(results[name]), flush=True)
     return results
-
-
-PROBES = [  # on an older server the first LoRA probe may hang it, the second kill it
-    "lora_fifo",
-    "lora_prompt_logprobs",
-    "memory",
-    "idle_memory",
-    "lockout",
-    "stall",
-    "constraints",
-    "small_inputs",
-    "drain",
-]
 
 
 def main() -> None:

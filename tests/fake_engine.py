@@ -9,7 +9,6 @@ of what vLLM computes run on the real engine (tests/engine, tests/slow).
 """
 
 import asyncio
-import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +32,7 @@ class Faults:
     logprob: float | None = None  # every log-probability, e.g. float("-inf")
     reply: str | None = None  # the text every unconstrained choice is (a model's tool call)
     stalled: float = 0.0  # seconds the engine has held requests without a step
+    lora_load_seconds: float = 0.0  # how long an adapter takes to load
 
 
 @dataclass
@@ -80,10 +80,11 @@ class FakeEngine:
             raise ValueError("the regex does not compile")
 
     async def add_lora(self, request: LoRARequest) -> None:
+        await asyncio.sleep(self.faults.lora_load_seconds)
         self.loras[request.lora_int_id] = request
 
     async def remove_lora(self, lora_int_id: int) -> None:
-        self.loras.pop(lora_int_id)
+        self.loras.pop(lora_int_id, None)
 
     def unfinished_requests(self) -> int:
         return len(self.running)
@@ -217,10 +218,3 @@ def _finish(params: SamplingParams, tokens: list[int], produced: int) -> str | N
     if produced < len(tokens):
         return None
     return "length" if len(tokens) >= params.max_tokens else "stop"
-
-
-def with_faults(engine: FakeEngine, **faults: Any) -> Faults:
-    """Set ``faults`` on the engine; returns the previous ones (to restore)."""
-    previous = engine.faults
-    engine.faults = dataclasses.replace(previous, **faults)
-    return previous

@@ -268,9 +268,9 @@ class EventStream:
         payload = {"type": kind, "sequence_number": self.sequence - 1, **fields}
         return f"event: {kind}\ndata: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
-    def _shell(self, status: str) -> dict[str, Any]:
+    def _in_progress(self) -> dict[str, Any]:
         body = self.turn.response(Answer(None, [], None, None, self.model))
-        return body | {"status": status, "output": []}
+        return body | {"status": "in_progress", "output": []}
 
     def read(self, line: str) -> list[str]:
         if not line.startswith("data: "):
@@ -294,8 +294,9 @@ class EventStream:
             self.usage = chunk["usage"]
         events = []
         if self.sequence == 0:
-            events.append(self._event("response.created", response=self._shell("in_progress")))
-            events.append(self._event("response.in_progress", response=self._shell("in_progress")))
+            shell = self._in_progress()
+            events.append(self._event("response.created", response=shell))
+            events.append(self._event("response.in_progress", response=shell))
         for choice in chunk.get("choices", []):
             delta = choice.get("delta") or {}
             if delta.get("content"):

@@ -430,3 +430,21 @@ def test_every_route_is_admitted_timed_aborted_and_counted_at_the_seam(tokenizer
             app.metrics_text(), "resonance_requests_total", f'endpoint="{path}"'
         )
         assert sum(counted) == 4
+
+
+def test_a_lora_load_past_its_timeout_is_refused_and_leaves_nothing(tokenizer, tmp_path):
+    engine = fake_engine(tokenizer, max_lora_rank=8)
+    settings = {"allow_runtime_lora": True, "lora_load_timeout": 0.5}
+    (tmp_path / "adapter_config.json").write_text('{"r": 8}')
+    with app_server(engine, **settings) as app:
+        engine.faults.lora_load_seconds = 5
+        body = {"lora_name": "slow", "lora_path": str(tmp_path)}
+        started = time.monotonic()
+        refused = httpx.post(f"{app.base_url}/v1/load_lora_adapter", json=body, timeout=10)
+        assert error_of(refused, 400)["code"] == "lora_load_timeout"
+        assert time.monotonic() - started < 3
+        models = httpx.get(f"{app.base_url}/v1/models").json()["data"]
+        assert [m["id"] for m in models] == [MODEL] and engine.loras == {}
+        engine.faults.lora_load_seconds = 0
+        loaded = httpx.post(f"{app.base_url}/v1/load_lora_adapter", json=body, timeout=10)
+        assert loaded.status_code == 200 and len(engine.loras) == 1
