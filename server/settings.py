@@ -63,6 +63,13 @@ class Settings(BaseSettings):
     max_model_len: int | None = Field(
         None, gt=0, description="Longest prompt + output (default: factor x original)"
     )
+    rope_policy: Literal["per-request", "static"] | None = Field(
+        None,
+        description="per-request: a request that fits the trained context runs with the "
+        "checkpoint's unscaled RoPE, a longer one with the scaling (one engine); static: "
+        "every request with the scaling; unset: per-request for a Resonance scaling set "
+        "here on an unscaled checkpoint, static otherwise",
+    )
 
     # --- engine, passed through to vLLM
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
