@@ -56,6 +56,12 @@ METHOD_PARAMETERS: dict[str, tuple[str, ...]] = {
     "llama3": ("low_freq_factor", "high_freq_factor"),
 }
 DEFAULT_ROPE_THETA = 10000.0
+# rope_parameters key of a per-request table (`rope_plugins.vllm_rotary`): the rows of the
+# checkpoint's unscaled RoPE that follow the scaled table, the trained length.
+UNSCALED_ROWS = "unscaled_rows"
+# SamplingParams.extra_args key: what the model runner adds to a request's positions so that
+# they read the unscaled rows (`rope_plugins.table_offsets`); absent, the scaled table.
+TABLE_OFFSET = "resonance_table_offset"
 
 
 def base_method(rope_type: str) -> str:

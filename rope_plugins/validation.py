@@ -3,7 +3,7 @@
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from rope_plugins.catalog import RESONANCE_TYPES
+from rope_plugins.catalog import RESONANCE_TYPES, UNSCALED_ROWS
 
 # YaRN's defaults where rope_parameters leaves a field out (or sets it to null).
 YARN_DEFAULTS: dict[str, Any] = {"beta_fast": 32, "beta_slow": 1, "truncate": True}
@@ -57,6 +57,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "mixed_b": _number(0, inclusive=False),
     "low_freq_factor": _number(0, inclusive=False),
     "high_freq_factor": _number(0, inclusive=False),
+    UNSCALED_ROWS: _positive_int,
 }
 
 _REQUIRED: dict[str, tuple[str, ...]] = {

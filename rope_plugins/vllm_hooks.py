@@ -108,9 +108,12 @@ def _as_served_length(
 
 
 def install() -> None:
-    """Wrap vLLM's `get_rope` (everywhere it was imported) and its max-length derivation."""
+    """Wrap vLLM's `get_rope` (everywhere it was imported), its max-length derivation and its
+    model runner's positions (`rope_plugins.table_offsets`)."""
     import vllm.config.model as model_config
     import vllm.model_executor.layers.rotary_embedding as rotary
+
+    from rope_plugins import table_offsets
 
     if not getattr(rotary.get_rope, _WRAPPED, False):
         original = rotary.get_rope
@@ -121,3 +124,4 @@ def install() -> None:
                 module.get_rope = wrapped
     if not getattr(model_config.iter_rope_parameters, _WRAPPED, False):
         model_config.iter_rope_parameters = _as_served_length(model_config.iter_rope_parameters)
+    table_offsets.install()

@@ -3,6 +3,12 @@
 It is vLLM's own `RotaryEmbedding` with another cos/sin table: every forward path (the fused
 CUDA rotary kernel, the CPU path, the native one) reads `cos_sin_cache`, so nothing is added
 per token.
+
+With ``unscaled_rows`` (L) in its parameters the table has two parts: the Resonance table for
+positions [0, S) (S: the served length), then the checkpoint's unscaled RoPE, computed as vLLM
+computes plain RoPE, for [S, S + L). A request whose positions the model runner shifts by S
+(`rope_plugins.table_offsets`) runs exactly as the unscaled model; any other reads the first
+part, as with a table of one part.
 """
 
 from collections.abc import Mapping
@@ -11,7 +17,7 @@ from typing import Any
 import torch
 from vllm.model_executor.layers.rotary_embedding.base import RotaryEmbedding
 
-from rope_plugins.catalog import DEFAULT_ROPE_THETA
+from rope_plugins.catalog import DEFAULT_ROPE_THETA, UNSCALED_ROWS
 from rope_plugins.resonance import resonance_rope
 
 
@@ -28,10 +34,11 @@ class ResonanceRotaryEmbedding(RotaryEmbedding):
         self.resonance = resonance_rope(rope_parameters, rotary_dim, max_position)
         self.rope_type = self.resonance.rope_type
         self.attention_factor = self.resonance.attention_factor
+        self.unscaled_rows = int(rope_parameters.get(UNSCALED_ROWS) or 0)
         super().__init__(
             head_size,
             rotary_dim,
-            self.resonance.max_positions,
+            self.resonance.max_positions + self.unscaled_rows,
             rope_parameters.get("rope_theta") or DEFAULT_ROPE_THETA,
             is_neox_style,
             dtype,
@@ -42,4 +49,14 @@ class ResonanceRotaryEmbedding(RotaryEmbedding):
 
     def _compute_cos_sin_cache(self) -> torch.Tensor:
         # Computed in float64, then stored in float32 like vLLM's own tables.
-        return self.resonance.cos_sin_table().float()
+        scaled = self.resonance.cos_sin_table().float()
+        if not self.unscaled_rows:
+            return scaled
+        return torch.cat((scaled, self._unscaled_table(self.unscaled_rows)))
+
+    def _unscaled_table(self, rows: int) -> torch.Tensor:
+        """vLLM's plain RoPE table (`RotaryEmbeddingBase._compute_cos_sin_cache`), ``rows``
+        long: the values an unscaled server of the checkpoint computes, bit for bit."""
+        inv_freq = super()._compute_inv_freq(self.base)
+        freqs = torch.einsum("i,j -> ij", torch.arange(rows, dtype=torch.float), inv_freq)
+        return torch.cat((freqs.cos(), freqs.sin()), dim=-1)

@@ -63,6 +63,7 @@ def _banner(settings: Settings, engine, plan, tool_format) -> str:
         f"  model: {info.origin}",
         f"  context: trained {info.trained_context} tokens, served {info.max_model_len} tokens",
         f"  rope_parameters: {info.rope}",
+        f"  rope policy: {info.rope_policy.name} ({info.rope_policy.reason})",
     ]
     if plan.kv_sequences is not None:
         lines.append(

@@ -87,9 +87,16 @@ class Engine:
         return not self.llm.errored
 
     def generate(
-        self, token_ids: list[int], params: Any, request_id: str, lora: Any = None
+        self,
+        token_ids: list[int],
+        params: Any,
+        request_id: str,
+        lora: Any = None,
+        cache_salt: str | None = None,
     ) -> AsyncIterator[Any]:
-        prompt = {"prompt_token_ids": token_ids}
+        prompt: dict[str, Any] = {"prompt_token_ids": token_ids}
+        if cache_salt is not None:
+            prompt["cache_salt"] = cache_salt
         return self.llm.generate(prompt, params, request_id, lora_request=lora)
 
     async def abort(self, request_ids: list[str]) -> None:

@@ -35,9 +35,11 @@ class EngineClient(Protocol):
         params: SamplingParams,
         request_id: str,
         lora: LoRARequest | None = None,
+        cache_salt: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """The request's outputs as the engine produces them (``params.output_kind`` says
-        whether each is a delta or the final one); aborted requests end with an abort."""
+        whether each is a delta or the final one); aborted requests end with an abort.
+        Requests share prefix-cache blocks only with requests of the same ``cache_salt``."""
         ...
 
     async def abort(self, request_ids: list[str]) -> None: ...

@@ -34,6 +34,7 @@ from server.metrics import Metrics
 from server.middleware import RequestContext
 from server.prompts import Prompt
 from server.protocol import SamplingRequest, StreamOptions
+from server.rope_tables import CONTINUATION, HEADER, RopeTables, Route, static_table
 from server.sampling import Limits, check_request
 from server.vllm_compat import LoRARequest, merge_async_iterators
 
@@ -63,6 +64,7 @@ class Job:
     echoed: set[int] = field(default_factory=set)  # streamed choices whose prompt was echoed
     generated: int = 0  # output tokens streamed so far
     cached: dict[int, int] = field(default_factory=dict)  # prompt index -> prefix-cache hits
+    routes: list[Route] = field(default_factory=list)  # each prompt's RoPE table(s)
 
     def __post_init__(self) -> None:
         self.request_id = self.request_id or f"{self.kind}-{uuid.uuid4().hex}"
@@ -70,6 +72,16 @@ class Job:
     @property
     def engine_ids(self) -> list[str]:
         return [f"{self.request_id}-{i}" for i in range(len(self.prompts))]
+
+    @property
+    def abort_ids(self) -> list[str]:
+        """Every engine request the job may have: with the continuations of its switches."""
+        continuations = [
+            engine_id + CONTINUATION
+            for engine_id, route in zip(self.engine_ids, self.routes, strict=False)
+            if route.switch_after is not None
+        ]
+        return self.engine_ids + continuations
 
     @property
     def prompt_tokens(self) -> int:
@@ -104,6 +116,7 @@ class Admitted:
 
     lora: LoRARequest | None
     ticket: Ticket
+    context: RequestContext
 
 
 class Executor:
@@ -120,6 +133,8 @@ class Executor:
         self.request_timeout, self.adapters, self.metrics = request_timeout, adapters, metrics
         self.model = engine.info.name
         self.lanes = EngineLanes(exclusive_needed=engine.max_lora_rank is not None)
+        info = engine.info
+        self.tables = RopeTables(info.rope_policy, static_table(info.rope), metrics)
         self._abort_tasks: set[asyncio.Task] = set()
 
     def check_model(self, name: str | None) -> LoRARequest | None:
@@ -145,15 +160,19 @@ class Executor:
         lora = self.check_model(request.model)
         check_request(request, prompts, self.limits)
         ticket = self.admission.admit(request.n * prompts)
-        RequestContext.of(scope).cleanups.append(ticket.release)
-        return Admitted(lora, ticket)
+        context = RequestContext.of(scope)
+        context.cleanups.append(ticket.release)
+        return Admitted(lora, ticket, context)
 
     async def start(self, admitted: Admitted, job: Job, request: SamplingRequest) -> None:
-        """The prepared job's tokens charged, its constraint checked."""
+        """The prepared job's tokens charged, its constraint checked, its RoPE tables chosen
+        (and named in the response's header)."""
         lora = admitted.lora
         job.model, job.lora = (lora.lora_name if lora else self.model), lora
         self.metrics.model_requests.labels(model=job.model).inc()
         admitted.ticket.charge(job.tokens)
+        job.routes = [self.tables.route(len(p.token_ids), job.params) for p in job.prompts]
+        admitted.context.headers[HEADER] = ",".join(route.label for route in job.routes)
         if job.params.structured_outputs is not None:
             await self._check_constraint(job, _constraint_param(request))
 
@@ -194,8 +213,10 @@ class Executor:
             except TimeoutError:
                 raise self._timed_out() from None
             generators = [
-                self.engine.generate(p.token_ids, job.params, engine_id, job.lora)
-                for p, engine_id in zip(job.prompts, job.engine_ids, strict=True)
+                self.tables.generate(
+                    self.engine, route, p.token_ids, job.params, engine_id, job.lora
+                )
+                for p, engine_id, route in zip(job.prompts, job.engine_ids, job.routes, strict=True)
             ]
             async for item in merge_async_iterators(*generators):
                 yield item
@@ -210,7 +231,7 @@ class Executor:
         if job.expired:
             return
         job.expired = True
-        task = asyncio.get_running_loop().create_task(self.engine.abort(job.engine_ids))
+        task = asyncio.get_running_loop().create_task(self.engine.abort(job.abort_ids))
         self._abort_tasks.add(task)
         task.add_done_callback(self._abort_tasks.discard)
 

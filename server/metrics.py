@@ -97,6 +97,23 @@ class Metrics:
             "Output length of finished requests",
             buckets=tokens,
         )
+        self.engine_requests = counter(
+            "resonance_engine_requests",
+            "Engine requests (one per prompt, and one more for a request that outgrew the "
+            "unscaled RoPE table) by the table that served them: unscaled or scaled",
+            ["table"],
+        )
+        self.table_prompt_tokens = counter(
+            "resonance_table_prompt_tokens",
+            "Prompt tokens of finished engine requests, by RoPE table",
+            ["table"],
+        )
+        self.table_cached_tokens = counter(
+            "resonance_table_prompt_tokens_cached",
+            "Prompt tokens of finished engine requests served from the prefix cache, by RoPE "
+            "table (each table's blocks are its own)",
+            ["table"],
+        )
         self.cached_prompt_tokens = counter(
             "resonance_prompt_tokens_cached",
             "Prompt tokens of finished requests served from the prefix cache",

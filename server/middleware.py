@@ -45,6 +45,7 @@ class RequestContext:
     KEY: ClassVar[str] = "resonance.context"
     cleanups: list[Callable[[], None]] = field(default_factory=list)  # run when it ends
     status: int | None = None  # a stream's outcome, when it failed after its 200 was sent
+    headers: dict[str, str] = field(default_factory=dict)  # added to the response's
 
     @classmethod
     def of(cls, scope: Scope) -> "RequestContext":
@@ -83,6 +84,9 @@ class Gatekeeper:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if context.headers:
+                    extra = [(k.encode(), v.encode()) for k, v in context.headers.items()]
+                    message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
         self.state.active_requests += 1

@@ -11,7 +11,7 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rope_plugins import catalog, validate_rope_parameters
@@ -52,6 +52,23 @@ class RopeOverride:
 
 
 @dataclass(frozen=True)
+class RopePolicy:
+    """Which table serves a request: per-request (`server.rope_tables`) or always the one."""
+
+    name: str  # "per-request" or "static"
+    reason: str  # why, for the start-up banner
+    trained: int = 0  # per-request: requests of at most this many tokens run unscaled
+    table_offset: int = 0  # per-request: where the unscaled rows start in the table
+
+    @property
+    def per_request(self) -> bool:
+        return self.name == "per-request"
+
+
+STATIC = RopePolicy("static", "one table for every request")
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     name: str
     checkpoint: str  # the folder or hub id vLLM loads (never shown to clients)
@@ -59,6 +76,7 @@ class ModelInfo:
     trained_context: int  # positions the checkpoint was trained on
     max_model_len: int
     rope: dict[str, Any]  # the effective rope_parameters of the served model
+    rope_policy: RopePolicy = STATIC
 
 
 @dataclass(frozen=True)
@@ -141,6 +159,53 @@ def rope_override(
     )
 
 
+def rope_policy(
+    settings: Settings, override: RopeOverride | None, checkpoint: dict[str, Any]
+) -> RopePolicy:
+    """Per-request where it is defined and wanted; static otherwise, saying why.
+
+    Per-request needs a Resonance scaling that the settings put on a checkpoint with plain
+    RoPE (its unscaled table is then the checkpoint's own); a checkpoint whose config carries
+    a scaling was trained with it. Speculative decoding and pipeline parallel are refused:
+    the drafter reads positions the offset would not reach, and neither was tested.
+    """
+    asked = settings.rope_policy
+    if asked == "static":
+        return RopePolicy("static", "--rope-policy static")
+    own = checkpoint.get("rope_type", "default")
+    params = override.rope_parameters if override else {}
+    rope_type = params.get("rope_type")
+    if override is None:
+        reason = (
+            f"the checkpoint's config carries its RoPE ({own}): served as trained"
+            if own != "default"
+            else "nothing is scaled"
+        )
+    elif own != "default":
+        reason = f"the checkpoint's config carries a {own} scaling: it was trained with it"
+    elif rope_type not in catalog.RESONANCE_TYPES or not catalog.takes_factor(rope_type):
+        reason = f"per-request tables are built for the scaled Resonance types, not {rope_type}"
+    elif "speculative_config" in settings.engine_args:
+        reason = "speculative decoding's drafter would read unshifted positions"
+    elif settings.pipeline_parallel_size > 1:
+        reason = "pipeline parallel is not tested with per-request tables"
+    else:
+        trained = int(params["original_max_position_embeddings"])
+        served = catalog.served_max_positions(params, override.max_position_embeddings)
+        if served <= trained:
+            reason = "the scaling serves no position past the trained context"
+        else:
+            return RopePolicy(
+                "per-request",
+                f"unscaled up to the trained {trained} tokens, {rope_type} past them",
+                trained=trained,
+                table_offset=served,
+            )
+    if asked == "per-request":
+        raise ValueError(f"rope_policy per-request: {reason}; use --rope-policy static")
+    return RopePolicy("static", reason)
+
+
 def kv_bytes_per_token(config: Any, dtype: str, kv_cache_dtype: str = "auto") -> int:
     """Keys and values of every layer for one token, in the KV cache's own dtype."""
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -185,6 +250,10 @@ def build_plan(
     """Raises ValueError (one line, naming the setting) on anything that cannot be served."""
     rope, max_positions = checkpoint_rope(config)
     override = rope_override(settings, rope, max_positions)
+    policy = rope_policy(settings, override, rope)
+    if override is not None and policy.per_request:
+        params = override.rope_parameters | {catalog.UNSCALED_ROWS: policy.trained}
+        override = replace(override, rope_parameters=params)
     hf_overrides: dict[str, Any] = {}
     if override is not None:
         hf_overrides = {
@@ -251,6 +320,7 @@ def build_plan(
         trained_context=trained_context(config),
         max_model_len=served,
         rope=effective_rope,
+        rope_policy=policy,
     )
     return EnginePlan(engine_args, environment, info, max_queued, gib, per_token, adapters)
 

@@ -392,6 +392,8 @@ class ModelCard(BaseModel):
     parent: str | None = None  # an adapter's base model
     max_model_len: int
     rope_parameters: dict[str, Any]
+    trained_context: int
+    rope_policy: Literal["per-request", "static"]
 
 
 class ModelList(BaseModel):

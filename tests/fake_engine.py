@@ -17,7 +17,7 @@ from vllm import CompletionOutput, RequestOutput, SamplingParams
 from vllm.exceptions import QueueOverflowError
 from vllm.v1.engine.exceptions import EngineDeadError
 
-from server.plan import ModelInfo
+from server.plan import STATIC, ModelInfo, RopePolicy
 from server.vllm_compat import Logprob, LoRARequest, RequestOutputKind
 
 FIRST_TOKEN = 3  # the tiny tokenizer's ids 0-2 are <unk>, <s>, </s>
@@ -42,6 +42,7 @@ class Seen:
     token_ids: list[int]
     params: SamplingParams
     lora: LoRARequest | None
+    cache_salt: str | None = None
 
 
 @dataclass
@@ -59,10 +60,19 @@ class FakeEngine:
     _abort_events: dict[str, asyncio.Event] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, tokenizer: Any, max_model_len: int, trained: int, **kwargs: Any) -> "FakeEngine":
+    def of(
+        cls,
+        tokenizer: Any,
+        max_model_len: int,
+        trained: int,
+        rope_policy: RopePolicy = STATIC,
+        **kwargs: Any,
+    ) -> "FakeEngine":
         rope = {"rope_type": "resonance_yarn", "factor": max_model_len / trained}
         rope["original_max_position_embeddings"] = trained
-        info = ModelInfo("fake-model", "fake", "a fake engine", trained, max_model_len, rope)
+        info = ModelInfo(
+            "fake-model", "fake", "a fake engine", trained, max_model_len, rope, rope_policy
+        )
         return cls(tokenizer, info, **kwargs)
 
     # ------------------------------------------------------------------ the seam
@@ -107,12 +117,13 @@ class FakeEngine:
         params: SamplingParams,
         request_id: str,
         lora: LoRARequest | None = None,
+        cache_salt: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
         if self.faults.dead:
             raise EngineDeadError()
         if self.faults.queue_full:
             raise QueueOverflowError()
-        self.seen[request_id] = Seen(list(token_ids), params, lora)
+        self.seen[request_id] = Seen(list(token_ids), params, lora, cache_salt)
         self.running.add(request_id)
         aborted = self._abort_events[request_id] = asyncio.Event()
         try:

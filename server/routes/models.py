@@ -20,6 +20,8 @@ async def models(s: Shared) -> JSONResponse:
         "owned_by": "resonance-serve",
         "max_model_len": info.max_model_len,
         "rope_parameters": info.rope,
+        "trained_context": info.trained_context,
+        "rope_policy": info.rope_policy.name,
     }
     # The root is the model's name: where it lives on disk is not the client's business.
     cards = [{"id": info.name, **card, "root": info.name, "parent": None}]
@@ -43,5 +45,7 @@ async def server_info(s: Shared) -> JSONResponse:
             "is_generation": True,
             "max_model_len": info.max_model_len,
             "rope_parameters": info.rope,
+            "trained_context": info.trained_context,
+            "rope_policy": info.rope_policy.name,
         }
     )
