@@ -55,6 +55,7 @@ class Job:
     logprobs: int | None = None  # top-k per output token, or None
     prompt_logprobs: int | None = None  # top-k per prompt token, or None
     echo: bool = False
+    return_token_ids: bool = False
     stream_options: StreamOptions | None = None
     request_id: str = ""
     model: str = ""  # the name the response carries: the base model's or an adapter's

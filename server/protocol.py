@@ -164,6 +164,8 @@ class CompletionRequest(SamplingRequest):
     echo: bool = False
     prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     suffix: Text | None = None
+    # vLLM's: each choice carries its token ids, its first chunk the prompt's too
+    return_token_ids: bool = False
 
     @field_validator("suffix")
     @classmethod
@@ -349,6 +351,8 @@ class CompletionChoice(BaseModel):
     logprobs: CompletionLogprobs | None
     finish_reason: str | None
     stop_reason: int | str | None = None
+    prompt_token_ids: list[int] | None = None  # with return_token_ids
+    token_ids: list[int] | None = None  # with return_token_ids
 
 
 class CompletionResponse(BaseModel):

@@ -55,6 +55,7 @@ class Completions:
             logprobs=request.logprobs,
             prompt_logprobs=request.prompt_logprobs,
             echo=request.echo,
+            return_token_ids=request.return_token_ids,
             stream_options=request.stream_options,
         )
 
@@ -135,6 +136,10 @@ class Completions:
         }
         if job.prompt_logprobs is not None and first:
             choice["prompt_logprobs"] = r.prompt_logprobs(output.prompt_logprobs)
+        if job.return_token_ids:
+            choice["token_ids"] = list(completion.token_ids)
+            if first:
+                choice["prompt_token_ids"] = prompt.token_ids
         return choice
 
 

@@ -191,3 +191,17 @@ def test_ntk_tables_hold_the_methods_frequencies_at_every_served_position(rope_t
     table = rope.cos_sin_cache[: len(positions)].double().numpy()
     # vLLM computes these angles in float32: about 1e-3 rad off at position 8192
     np.testing.assert_allclose(table, expected, atol=2e-3, rtol=0)
+
+
+def test_a_per_request_table_is_the_scaled_one_then_vllms_plain_rope_bit_for_bit():
+    """Rows [S, S + L) are what an unscaled server of the checkpoint computes, so a shifted
+    request runs exactly as on that server; rows [0, S) are the static table."""
+    params = {"factor": FACTOR, "original_max_position_embeddings": ORIGINAL}
+    served = int(ORIGINAL * FACTOR)
+    scaled = vllm_rope("resonance_yarn", served, **params)
+    both = vllm_rope("resonance_yarn", served, **params, unscaled_rows=ORIGINAL)
+    plain = vllm_rope("default", ORIGINAL)
+    assert type(plain).__name__ == "RotaryEmbedding"  # vLLM's own class
+    assert both.cos_sin_cache.shape == (served + ORIGINAL, HEAD)
+    assert torch.equal(both.cos_sin_cache[:served], scaled.cos_sin_cache)
+    assert torch.equal(both.cos_sin_cache[served:], plain.cos_sin_cache)
