@@ -78,6 +78,7 @@ async def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     try:
         info = await client.info()
         summary["max_model_len"] = info.max_model_len
+        summary["rope_policy"] = info.rope_policy
         too_long = [n for n in args.lengths if info.max_model_len and n >= info.max_model_len]
         if too_long:
             raise EvalError(
@@ -107,6 +108,7 @@ async def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         summary.setdefault("cells", [])
     finally:
         await client.close()
+    summary["rope_tables"] = dict(client.tables)  # answers by the RoPE table that served them
     summary["errors"] += [r["error"] for r in records if r.get("error")]
     summary["seconds"] = round(time.time() - started, 1)
     return {"summary": summary, "records": records}

@@ -5,6 +5,7 @@ length asked for; the ids come from the server's ``/tokenize`` (this server's an
 from a local tokenizer (``--tokenizer``) for a server without one.
 """
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ class EvalError(Exception):
 class ServerInfo:
     model: str
     max_model_len: int | None  # None when the server does not say
+    rope_policy: str | None = None  # resonance-serve's: per-request or static
 
 
 class Client:
@@ -34,6 +36,8 @@ class Client:
         root = base_url.rstrip("/").removesuffix("/v1")
         self.http = httpx.AsyncClient(base_url=root, headers=headers, timeout=timeout)
         self.model = model
+        # resonance-serve's x-rope-table header of each answer: which RoPE table served it
+        self.tables: Counter[str] = Counter()
         self.local = None
         if tokenizer:
             from transformers import AutoTokenizer
@@ -58,6 +62,8 @@ class Client:
             except (ValueError, KeyError, TypeError):
                 message = response.text[:300]
             raise EvalError(f"{path}: HTTP {response.status_code}: {message}")
+        if table := response.headers.get("x-rope-table"):
+            self.tables[table] += 1
         return response.json()
 
     async def info(self) -> ServerInfo:
@@ -69,7 +75,7 @@ class Client:
         if card is None:
             names = ", ".join(str(c.get("id")) for c in cards)
             raise EvalError(f"the server does not serve {self.model!r} (it serves {names})")
-        return ServerInfo(self.model, card.get("max_model_len"))
+        return ServerInfo(self.model, card.get("max_model_len"), card.get("rope_policy"))
 
     async def tokenize(self, text: str, special: bool = False) -> list[int]:
         """Token ids of ``text``; with ``special`` the tokenizer's own additions (BOS) too."""

@@ -83,6 +83,9 @@ def print_table(summary: dict[str, Any]) -> None:
                 _fmt(cell["mean_rank"]),
             )
     console.print(table)
+    if summary.get("rope_tables"):
+        tables = ", ".join(f"{name} {count}" for name, count in summary["rope_tables"].items())
+        console.print(f"RoPE policy {summary.get('rope_policy')}; answers by table: {tables}")
     if summary["errors"]:
         console.print(
             f"[red]{len(summary['errors'])} request(s) failed[/red]; first: {summary['errors'][0]}"

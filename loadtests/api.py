@@ -21,6 +21,7 @@ class Options:
     model: str
     prompt_tokens: list[int]
     api_key: str | None = None
+    mix: bool = False  # one level mixing the prompt lengths, rather than a level per length
     endpoint: str = "completions"
     output_tokens: int = 64
     concurrency: list[int] = field(default_factory=list)
@@ -90,12 +91,11 @@ async def run_session_load(options: Options) -> dict[str, Any]:
 
 async def run_loadtest(options: Options) -> dict[str, Any]:
     """Run every level; write the report to ``options.out`` if set; return the summary."""
-    levels = [
-        Level("concurrency", c, p) for c in options.concurrency for p in options.prompt_tokens
-    ]
-    levels += [
-        Level("request_rate", r, p) for r in options.request_rate for p in options.prompt_tokens
-    ]
+    shapes: list[int | tuple[int, ...]] = list(options.prompt_tokens)
+    if options.mix:
+        shapes = [tuple(options.prompt_tokens)]
+    levels = [Level("concurrency", c, p) for c in options.concurrency for p in shapes]
+    levels += [Level("request_rate", r, p) for r in options.request_rate for p in shapes]
     sync, client = _clients(options)
     with sync:
         builder = _builder(options, sync)
@@ -121,7 +121,7 @@ async def run_loadtest(options: Options) -> dict[str, Any]:
                     {
                         "load": level.load,
                         "load_value": level.value,
-                        "prompt_tokens": level.prompt_tokens,
+                        "prompt_tokens": level.label,
                         **summary,
                     }
                 )

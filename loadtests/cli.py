@@ -37,6 +37,12 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--api-key")
     parser.add_argument("--endpoint", choices=("completions", "chat"), default="completions")
     parser.add_argument("--prompt-tokens", type=_ints, default=[1024], help="e.g. 1024,4096")
+    parser.add_argument(
+        "--mix",
+        action="store_true",
+        help="one level whose requests take the --prompt-tokens lengths in turn (a mixed "
+        "workload), rather than a level per length",
+    )
     parser.add_argument("--output-tokens", type=int, default=64)
     load = parser.add_mutually_exclusive_group()
     load.add_argument("--concurrency", type=_ints, help="clients at once, e.g. 1,4,16")
@@ -60,6 +66,7 @@ def parse_args(argv: list[str] | None) -> Options:
         base_url=args.base_url.rstrip("/"),
         model=args.model,
         prompt_tokens=args.prompt_tokens,
+        mix=args.mix,
         api_key=args.api_key,
         endpoint=args.endpoint,
         output_tokens=args.output_tokens,

@@ -20,6 +20,7 @@ class RequestRecord:
     error: str = ""
     served_prompt_tokens: int = 0  # what the server counted (usage)
     cached_tokens: int | None = None  # of those, served from its prefix cache, if it says
+    rope_table: str = ""  # resonance-serve's x-rope-table: the RoPE table(s) that served it
     output_tokens: int = 0
     ttft_ms: float | None = None
     e2e_ms: float | None = None
@@ -76,6 +77,7 @@ async def send(
                 record.error_kind = f"http_{response.status_code}"
                 record.error = response.text[:200]
                 return record
+            record.rope_table = response.headers.get("x-rope-table", "")
             async for line in response.aiter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue

@@ -62,7 +62,19 @@ def print_table(levels: list[dict[str, Any]], console: Console | None = None) ->
             _ms(level["e2e_ms"]["p50"]),
             _ms(level["e2e_ms"]["p99"]),
         )
-    (console or Console(width=160)).print(table)
+    console = console or Console(width=160)
+    console.print(table)
+    for level in levels:
+        if tables := level.get("rope_tables"):
+            served = ", ".join(
+                f"{name} {row['requests']} (prefix cache {_share(row['prefix_cache_hit_rate'])})"
+                for name, row in tables.items()
+            )
+            console.print(f"{level['load']}={level['load_value']:g}: RoPE tables: {served}")
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
 
 
 def plot(out: Path, levels: list[dict[str, Any]], records: list[RequestRecord]) -> list[Path]:

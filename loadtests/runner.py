@@ -16,7 +16,19 @@ from loadtests.client import RequestRecord, request_body, send
 class Level:
     load: str  # "concurrency" or "request_rate"
     value: float
-    prompt_tokens: int
+    prompt_tokens: int | tuple[int, ...]  # several: a mixed workload, request i the i-th
+
+    def length(self, index: int) -> int:
+        """The prompt length of the level's request ``index``."""
+        if isinstance(self.prompt_tokens, int):
+            return self.prompt_tokens
+        return self.prompt_tokens[index % len(self.prompt_tokens)]
+
+    @property
+    def label(self) -> int | str:
+        if isinstance(self.prompt_tokens, int):
+            return self.prompt_tokens
+        return "+".join(map(str, self.prompt_tokens))
 
 
 @dataclass
@@ -42,20 +54,17 @@ async def run_level(
     records: list[RequestRecord] = []
     progress = tqdm(
         total=work.num_requests,
-        desc=f"{level.load}={level.value:g} prompt={level.prompt_tokens}",
+        desc=f"{level.load}={level.value:g} prompt={level.label}",
         unit="req",
         leave=False,
     )
 
     async def one(i: int) -> None:
+        length = level.length(i)
         record = RequestRecord(
-            level.load,
-            level.value,
-            level.prompt_tokens,
-            first_index + i,
-            time.perf_counter() - started,
+            level.load, level.value, length, first_index + i, time.perf_counter() - started
         )
-        text = await asyncio.to_thread(work.prompt, level.prompt_tokens, first_index + i)
+        text = await asyncio.to_thread(work.prompt, length, first_index + i)
         body = request_body(work.endpoint, work.model, text, work.output_tokens)
         records.append(await send(client, work.endpoint, body, record))
         progress.update()

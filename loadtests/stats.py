@@ -42,6 +42,9 @@ def summarize(
         "tpot_ms": distribution([r.tpot_ms for r in done if r.tpot_ms is not None]),
         "e2e_ms": distribution([r.e2e_ms for r in done if r.e2e_ms is not None]),
     }
+    tables = sorted({r.rope_table for r in done if r.rope_table})
+    if tables:  # resonance-serve said which RoPE table served each request
+        summary["rope_tables"] = {table: _by_table(done, table) for table in tables}
     if goodput_targets:
         good = sum(meets(r, goodput_targets) for r in done)
         summary["goodput"] = {
@@ -50,3 +53,12 @@ def summarize(
             "share": good / len(records) if records else 0.0,
         }
     return summary
+
+
+def _by_table(done: Sequence[RequestRecord], table: str) -> dict[str, Any]:
+    """Requests one RoPE table served, and the share of their prompt tokens that its prefix
+    cache served (each table's cache blocks are its own)."""
+    mine = [r for r in done if r.rope_table == table]
+    prompt = sum(r.served_prompt_tokens for r in mine)
+    cached = sum(r.cached_tokens or 0 for r in mine)
+    return {"requests": len(mine), "prefix_cache_hit_rate": cached / prompt if prompt else None}
