@@ -72,6 +72,8 @@ def test_a_gguf_file_is_served(gguf_path, offline_llm, tmp_path_factory):
             "resonance_yarn",
             "--rope-factor",
             str(FACTOR),
+            "--rope-policy",
+            "static",  # every request on the offline engine's table
             "--dtype",
             "float32",
             "--enforce-eager",

@@ -361,7 +361,7 @@ def greedy_ids(offline_llm, ids: list[int], max_tokens: int) -> list[int]:
 
 
 def test_logit_bias_minus_100_removes_the_greedy_token(http, offline_llm):
-    ids = token_prompt(40, salt=5)
+    ids = token_prompt(300, salt=5)  # past the trained 256: the offline engine's table
     first = greedy_ids(offline_llm, ids, 1)[0]
     plain = completion(http, ids, max_tokens=1, logprobs=2)["choices"][0]["logprobs"]
     ranked = sorted(plain["top_logprobs"][0].items(), key=lambda item: -item[1])
@@ -373,7 +373,7 @@ def test_logit_bias_minus_100_removes_the_greedy_token(http, offline_llm):
 
 
 def test_stop_token_ids_stop_at_the_token(http, offline_llm):
-    ids = token_prompt(30, salt=7)
+    ids = token_prompt(300, salt=7)  # past the trained 256: the offline engine's table
     greedy = greedy_ids(offline_llm, ids, 8)
     stop = greedy[4]
     cut = greedy.index(stop)

@@ -2,8 +2,8 @@
 pipeline parallel 2, and pipeline parallel 2 across two "nodes" on the loopback interface.
 
 Each serves the plain tiny checkpoint as the session server does (resonance_yarn x4, float32)
-and must give the session server's prompt log-probabilities, /v1/models card (but its name)
-and RoPE metric. No thread
+and must give the session server's prompt log-probabilities, /v1/models card (but its name and
+RoPE policy: pipeline parallel is served static) and RoPE metric. No thread
 variable is set here (and any in the environment is removed): the server picks the binding.
 The reference is one eager process. In float32 the others differ only in summation order and
 kernels: measured, tensor parallel 2 (eager) mean 5.7e-6 and at most 6.0e-5 nats, pipeline
@@ -66,9 +66,10 @@ def worker_node(checkpoint, log, *extra: str):
 
 @pytest.fixture(scope="module")
 def reference(http):
-    """The session server: the same checkpoint and flags in one eager process."""
-    ids = token_prompt(900, salt=12)
-    return ids, served_facts(http, ids)
+    """The session server: the same checkpoint and flags in one eager process (per-request
+    RoPE tables: the 900-token prompt scaled, the 200-token one unscaled)."""
+    ids, short = token_prompt(900, salt=12), token_prompt(200, salt=13)
+    return ids, served_facts(http, ids) | {"short": served_facts(http, short)["logprobs"]}
 
 
 def served_facts(http: httpx.Client, ids: list[int]) -> dict:
@@ -86,27 +87,45 @@ def served_facts(http: httpx.Client, ids: list[int]) -> dict:
     return {"logprobs": torch.tensor(logprobs, dtype=torch.float64), "card": card, "rope": rope}
 
 
-def assert_same(reference, running: RunningServer) -> None:
+def without_policy(card: dict) -> dict:
+    rope = {k: v for k, v in card["rope_parameters"].items() if k != "unscaled_rows"}
+    return {k: v for k, v in card.items() if k != "rope_policy"} | {"rope_parameters": rope}
+
+
+def assert_close(got: torch.Tensor, expected: torch.Tensor) -> None:
+    difference = (got - expected).abs()
+    print(f"\nparallel vs one process: mean {difference.mean():.1e}, max {difference.max():.1e}")
+    assert difference.mean() < 5e-5 and difference.max() < 1e-3
+
+
+def assert_same(reference, running: RunningServer, policy: str) -> None:
+    """Tensor parallel keeps the per-request policy (its short prompt is compared too);
+    pipeline parallel is served static (the per-request hook is not tested there)."""
     ids, expected = reference
     with httpx.Client(base_url=running.base_url, timeout=300) as http:
         got = served_facts(http, ids)
-    difference = (got["logprobs"] - expected["logprobs"]).abs()
-    print(f"\nparallel vs one process: mean {difference.mean():.1e}, max {difference.max():.1e}")
-    assert difference.mean() < 5e-5 and difference.max() < 1e-3
-    assert got["card"] == expected["card"]
+        assert_close(got["logprobs"], expected["logprobs"])
+        assert got["card"]["rope_policy"] == policy
+        if policy == "per-request":
+            short = served_facts(http, token_prompt(200, salt=13))["logprobs"]
+            assert_close(short, expected["short"])
+    assert without_policy(got["card"]) == without_policy(expected["card"])
     assert got["rope"] == expected["rope"] and len(got["rope"]) == 1
 
 
 @pytest.mark.parametrize(
-    "layout",
-    [["--tensor-parallel-size", "2", "--enforce-eager"], ["--pipeline-parallel-size", "2"]],
+    ("layout", "policy"),
+    [
+        (["--tensor-parallel-size", "2", "--enforce-eager"], "per-request"),
+        (["--pipeline-parallel-size", "2"], "static"),
+    ],
     ids=["tensor-parallel-2", "pipeline-parallel-2"],
 )
 def test_one_host_several_processes_serve_what_one_process_does(
-    reference, plain_checkpoint, tmp_path_factory, layout
+    reference, plain_checkpoint, tmp_path_factory, layout, policy
 ):
     with parallel_server(plain_checkpoint, tmp_path_factory, *layout) as running:
-        assert_same(reference, running)
+        assert_same(reference, running, policy)
         assert "engine threads: VLLM_CPU_OMP_THREADS_BIND=0|1" in running.output()
 
 
@@ -128,7 +147,7 @@ def test_pipeline_parallel_across_two_nodes_on_loopback(
         worker_node(plain_checkpoint, log, *nodes, "--node-rank", "1") as worker,
         parallel_server(plain_checkpoint, tmp_path_factory, *nodes) as leader,
     ):
-        assert_same(reference, leader)
+        assert_same(reference, leader, "static")
         assert "node 0 of 2" in leader.output()
     assert "node 1 of 2, engine workers" in worker.output()
 

@@ -57,3 +57,5 @@ def test_ngram_drafts_are_used_and_greedy_text_is_unchanged(speculative_server, 
     plain = http.post("/v1/completions", json=body).json()
     assert drafted.json()["choices"][0]["text"] == plain["choices"][0]["text"]
     assert metric(speculative_server.base_url, "vllm:spec_decode_num_draft_tokens_total") > 0
+    # per-request RoPE tables are not offered with a drafter: served static, and said so
+    assert "rope policy: static (speculative decoding's drafter" in speculative_server.output()
