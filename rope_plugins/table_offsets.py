@@ -25,8 +25,12 @@ _PARAMETERS = ["self", "scheduler_output", "num_scheduled_tokens"]
 _SOURCE_MARKS = ("self.positions[:total_num_scheduled_tokens] =", "compute_slot_mapping(")
 
 
+# Why the hook could not be installed in this process (None: installed, or not tried yet).
+unavailable: str | None = None
+
+
 def check_hooked(function: Callable[..., Any]) -> None:
-    """A clear error at install if vLLM changed the function this module wraps."""
+    """A clear error if vLLM changed the function this module wraps."""
     names = list(inspect.signature(function).parameters)
     source = inspect.getsource(function)
     missing = [mark for mark in _SOURCE_MARKS if mark not in source]
@@ -34,9 +38,8 @@ def check_hooked(function: Callable[..., Any]) -> None:
         import vllm
 
         raise RuntimeError(
-            f"resonance rope plugin: vLLM {vllm.__version__} changed GPUModelRunner."
-            f"_prepare_inputs (parameters {names}, missing {missing}); per-request RoPE "
-            "tables support vLLM 0.32: use --rope-policy static"
+            f"vLLM {vllm.__version__} changed GPUModelRunner._prepare_inputs (parameters "
+            f"{names}, missing {missing}); per-request RoPE tables support vLLM 0.32"
         )
 
 
@@ -70,9 +73,22 @@ def _wrap(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def install() -> None:
+    """Wrap the runner; if vLLM changed it, leave it alone and say why in `unavailable` (a
+    static table needs no hook; a per-request one is then refused, `require`)."""
+    global unavailable
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
     if getattr(GPUModelRunner._prepare_inputs, _WRAPPED, False):
         return
-    check_hooked(GPUModelRunner._prepare_inputs)
+    try:
+        check_hooked(GPUModelRunner._prepare_inputs)
+    except RuntimeError as error:
+        unavailable = str(error)
+        return
     GPUModelRunner._prepare_inputs = _wrap(GPUModelRunner._prepare_inputs)
+
+
+def require() -> None:
+    """Raise if a per-request table is asked for where the hook is not installed."""
+    if unavailable is not None:
+        raise RuntimeError(f"resonance rope plugin: {unavailable}: use --rope-policy static")

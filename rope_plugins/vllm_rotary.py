@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from vllm.model_executor.layers.rotary_embedding.base import RotaryEmbedding
 
+from rope_plugins import table_offsets
 from rope_plugins.catalog import DEFAULT_ROPE_THETA, UNSCALED_ROWS
 from rope_plugins.resonance import resonance_rope
 
@@ -35,6 +36,8 @@ class ResonanceRotaryEmbedding(RotaryEmbedding):
         self.rope_type = self.resonance.rope_type
         self.attention_factor = self.resonance.attention_factor
         self.unscaled_rows = int(rope_parameters.get(UNSCALED_ROWS) or 0)
+        if self.unscaled_rows:
+            table_offsets.require()  # no shift, no second table: refused, not served wrong
         super().__init__(
             head_size,
             rotary_dim,

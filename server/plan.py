@@ -89,6 +89,7 @@ class Platform:
     fp8_kv_cache: bool = True  # the CPU build's fp8 KV cache needs AVX-512 or AMX
     cores: tuple[int, ...] = ()  # CPU ids this process may use, one per physical core
     numa_nodes: int = 1  # NUMA nodes this process may use
+    per_request_hook_error: str | None = None  # why vLLM's runner could not be hooked
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,10 @@ def rope_override(
 
 
 def rope_policy(
-    settings: Settings, override: RopeOverride | None, checkpoint: dict[str, Any]
+    settings: Settings,
+    override: RopeOverride | None,
+    checkpoint: dict[str, Any],
+    hook_error: str | None = None,
 ) -> RopePolicy:
     """Per-request where it is defined and wanted; static otherwise, saying why.
 
@@ -189,6 +193,8 @@ def rope_policy(
         reason = "speculative decoding's drafter would read unshifted positions"
     elif settings.pipeline_parallel_size > 1:
         reason = "pipeline parallel is not tested with per-request tables"
+    elif hook_error is not None:
+        reason = hook_error
     else:
         trained = int(params["original_max_position_embeddings"])
         served = catalog.served_max_positions(params, override.max_position_embeddings)
@@ -250,7 +256,7 @@ def build_plan(
     """Raises ValueError (one line, naming the setting) on anything that cannot be served."""
     rope, max_positions = checkpoint_rope(config)
     override = rope_override(settings, rope, max_positions)
-    policy = rope_policy(settings, override, rope)
+    policy = rope_policy(settings, override, rope, platform.per_request_hook_error)
     if override is not None and policy.per_request:
         params = override.rope_parameters | {catalog.UNSCALED_ROWS: policy.trained}
         override = replace(override, rope_parameters=params)
@@ -418,6 +424,8 @@ def make_plan(settings: Settings) -> EnginePlan:
     from server.vllm_compat import is_cpu_platform
 
     rope_plugins.register()
+    from rope_plugins import table_offsets
+
     source = resolve_model(settings)
     cpu = is_cpu_platform()
     platform = Platform(
@@ -425,6 +433,7 @@ def make_plan(settings: Settings) -> EnginePlan:
         memory_bytes=psutil.virtual_memory().total,
         environ=dict(os.environ),
         fp8_kv_cache=cpu_has_fp8_kv_cache(),
+        per_request_hook_error=table_offsets.unavailable,
         **(cpu_topology() if cpu else {}),
     )
     return build_plan(settings, source, checkpoint_config(source.path), platform)

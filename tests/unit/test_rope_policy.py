@@ -2,6 +2,7 @@
 request gets, and the model runner's offsets (the two-part table itself:
 tests/engine/test_vllm_parity.py)."""
 
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
@@ -167,7 +168,9 @@ def test_the_wrapped_runner_shifts_only_the_tokens_of_shifted_requests():
     assert batch.positions.tolist() == [0, 1, 1002, 1003, 1004, 0, 0, 0]
 
 
-def test_vllms_hooked_function_is_checked_and_a_changed_one_refused_naming_the_policy():
+def test_vllms_hooked_function_is_checked_and_a_changed_one_refused_naming_the_policy(
+    monkeypatch,
+):
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
     hooked = GPUModelRunner._prepare_inputs
@@ -176,5 +179,14 @@ def test_vllms_hooked_function_is_checked_and_a_changed_one_refused_naming_the_p
     def renamed(self, scheduler_output, num_scheduled_tokens, extra):
         return None
 
-    with pytest.raises(RuntimeError, match="use --rope-policy static"):
+    with pytest.raises(RuntimeError, match=r"changed GPUModelRunner\._prepare_inputs"):
         table_offsets.check_hooked(renamed)
+    # then a per-request table is refused, a static one served, and the plan says why
+    monkeypatch.setattr(table_offsets, "unavailable", "vLLM 9 changed it")
+    with pytest.raises(RuntimeError, match=r"vLLM 9 changed it: use --rope-policy static"):
+        table_offsets.require()
+    hookless = dataclasses.replace(MACHINE, per_request_hook_error="vLLM 9 changed it")
+    settings = Settings(model="org/tiny", **SCALED_FLAGS)
+    assert build_plan(settings, folder(), tiny_config(), hookless).info.rope_policy == RopePolicy(
+        "static", "vLLM 9 changed it"
+    )
