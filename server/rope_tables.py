@@ -108,7 +108,8 @@ class RopeTables:
         generated: list[int] = []
         async for output in self._counted(run, UNSCALED, len(token_ids)):
             completion = output.outputs[0]
-            generated = generated + list(completion.token_ids) if delta else []
+            if delta:
+                generated.extend(completion.token_ids)
             if route.switch_after is None or not _reached(output):
                 yield output
                 continue
