@@ -93,6 +93,7 @@ def test_everything_on_renders_every_optional_part():
     } <= kinds
     (hpa,) = [d for d in documents if d["kind"] == "HorizontalPodAutoscaler"]
     assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "resonance_num_requests_waiting"
+    assert load_settings(container(documents)["args"]).rope_policy == "static"
 
 
 def test_gpu_values_reach_the_server_as_it_reads_them(tmp_path):
@@ -110,6 +111,7 @@ def test_gpu_values_reach_the_server_as_it_reads_them(tmp_path):
     assert settings.model == "meta-llama/Llama-2-7b-chat-hf"
     assert (settings.rope_type, settings.rope_factor) == ("resonance_yarn", 8.0)
     assert settings.original_max_position_embeddings == 4096
+    assert settings.rope_policy is None  # the server's default: per-request here
     assert settings.accepted_api_keys() == ["change-me"]
     hf_token = next(e for e in server["env"] if e["name"] == "HF_TOKEN")
     assert hf_token["valueFrom"]["secretKeyRef"]["name"] == secret["metadata"]["name"]

@@ -26,6 +26,16 @@ def test_config_file_from_the_environment(tmp_path, monkeypatch):
     assert load_settings([]).served_model_name == "from-yaml"
 
 
+def test_the_rope_policy_by_flag_environment_and_yaml(tmp_path, monkeypatch):
+    config = tmp_path / "settings.yaml"
+    config.write_text("rope_policy: static\n")
+    assert load_settings(["--config", str(config)]).rope_policy == "static"
+    monkeypatch.setenv("RESONANCE_ROPE_POLICY", "per-request")
+    assert load_settings(["--config", str(config)]).rope_policy == "per-request"
+    assert load_settings(["--rope-policy", "static"]).rope_policy == "static"
+    assert "--rope-policy" in refusal("--rope-policy", "sometimes")
+
+
 def test_demo_defaults_to_resonance_yarn_factor_4():
     settings = load_settings([])
     assert settings.is_demo

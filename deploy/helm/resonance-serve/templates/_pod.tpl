@@ -22,6 +22,9 @@ Deployment and the multi-node LeaderWorkerSet. */}}
 {{- end }}
 - --yarn-beta-fast={{ .Values.rope.yarnBetaFast }}
 - --yarn-beta-slow={{ .Values.rope.yarnBetaSlow }}
+{{- with .Values.rope.policy }}
+- --rope-policy={{ . }}
+{{- end }}
 - --tensor-parallel-size={{ .Values.engine.tensorParallelSize }}
 - --gpu-memory-utilization={{ .Values.engine.gpuMemoryUtilization }}
 {{- with .Values.engine.maxNumSeqs }}
