@@ -112,6 +112,14 @@ def install_error_handlers(app: FastAPI) -> None:
         message, param = _validation_message(error)
         return JSONResponse(error_body(400, message, param), status_code=400)
 
+    from server.vllm_compat import VLLMClientError
+
+    @app.exception_handler(VLLMClientError)
+    async def client_error(_: Request, error: VLLMClientError) -> JSONResponse:
+        """vLLM's request models refuse some values in their own validators (a Responses
+        ``prompt`` template): the client's 4xx, handled here so nothing logs a traceback."""
+        return error_response(as_api_error(error))
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
         return JSONResponse(

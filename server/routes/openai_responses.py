@@ -34,6 +34,7 @@ from server.vllm_compat import (
     ResponsesRequest,
     ResponsesResponse,
     ResponseUsage,
+    VLLMClientError,
     build_response_output_items,
     construct_input_messages,
     construct_tool_dicts,
@@ -73,8 +74,10 @@ def chat_messages(request: ResponsesRequest, previous: list[dict] | None) -> lis
             request_input=request.input,
             prev_msg=previous,
         )
-    except ValueError as error:
+    except (ValueError, VLLMClientError) as error:
         raise APIError(400, str(error).strip().splitlines()[0], param="input") from None
+    except IndexError:  # vLLM's converter reads an output message's first content part
+        raise APIError(400, "an input message item has no content", param="input") from None
     plain = json.loads(json.dumps(messages, default=lambda item: item.model_dump()))
     chat = []
     for message in plain:

@@ -151,6 +151,28 @@ def test_unsupported_parts_are_400s(app):
     assert httpx.post(url, json={"model": "fake-model", "input": "x"}).status_code == 401
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"prompt": {"id": "pmpt_1"}},  # refused inside vLLM's request model
+        {"input": [{"type": "file_search_call", "id": "f", "queries": [], "status": "completed"}]},
+        {  # an earlier answer with no content: vLLM's converter reads its first part
+            "input": [
+                {"type": "message", "id": "m", "role": "assistant", "status": "completed"}
+                | {"content": []}
+            ]
+        },
+    ],
+    ids=["prompt-template", "file-search-item", "empty-output-message"],
+)
+def test_input_vllms_converters_refuse_is_a_400(app, extra):
+    headers = {"Authorization": f"Bearer {KEY}"}
+    body = {"model": "fake-model", "input": "x"} | extra
+    answer = httpx.post(f"{app.base_url}/v1/responses", json=body, headers=headers)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["type"] == "invalid_request_error"
+
+
 @pytest.mark.parametrize("parallel", [True, False])
 def test_parallel_tool_calls_false_allows_exactly_one_call(app, client, parallel):
     seen_before = len(app.engine.seen)
