@@ -12,6 +12,7 @@ import concurrent.futures
 
 import httpx
 import pytest
+import torch
 
 from tests.helpers import (
     API_KEY,
@@ -109,6 +110,40 @@ def test_greedy_tokens_equal_each_tables_reference(http, unscaled, static):
     short, long = token_prompt(40, salt=5), token_prompt(400, salt=6)
     assert greedy(http, short, 100) == (greedy(unscaled, short, 100)[0], "unscaled")
     assert greedy(http, long, 40) == (greedy(static, long, 40)[0], "scaled")
+
+
+def test_every_choice_of_n_keeps_the_requests_table(http, unscaled):
+    """vLLM fans n choices out inside the engine: each sampled token's (raw) log-probability
+    is the unscaled model's, teacher-forced on the same tokens."""
+    short = token_prompt(60, salt=31)
+    body = {"model": MODEL_NAME, "prompt": short, "max_tokens": 20, "temperature": 1.0, "n": 2}
+    body |= {"seed": 7, "logprobs": 0, "ignore_eos": True, "return_token_ids": True}
+    response = http.post("/v1/completions", json=body)
+    assert response.status_code == 200 and response.headers["x-rope-table"] == "unscaled"
+    for choice in response.json()["choices"]:
+        ids = choice["token_ids"]
+        got = torch.tensor(choice["logprobs"]["token_logprobs"], dtype=torch.float64)
+        want = prompt_logprobs(unscaled, MODEL_NAME, short + ids)[-len(ids) :]
+        assert (got - want).abs().max() <= LOADED
+
+
+def test_chunked_prefill_keeps_each_requests_table(
+    plain_checkpoint, tmp_path_factory, unscaled, static
+):
+    """Prompts prefilled 32 tokens a step, several requests in each step: every chunk of a
+    request is shifted, or not, as the whole request."""
+    scaling = ("--rope-type", "resonance_yarn", "--rope-factor", str(FACTOR))
+    chunks = ("--max-num-batched-tokens", "32", "--long-prefill-token-threshold", "16")
+    cases = [(token_prompt(n, salt=300 + n), n < ORIGINAL_CONTEXT) for n in (200, 600, 90, 380)]
+    with (
+        reference_server(plain_checkpoint, tmp_path_factory, *scaling, *chunks) as running,
+        keyed_client(running, API_KEY) as chunked,
+        concurrent.futures.ThreadPoolExecutor(len(cases)) as pool,
+    ):
+        scores = list(pool.map(lambda case: prompt_logprobs(chunked, MODEL_NAME, case[0]), cases))
+    for (ids, short), got in zip(cases, scores, strict=True):
+        want = prompt_logprobs(unscaled if short else static, MODEL_NAME, ids)
+        assert (got - want).abs().max() <= LOADED
 
 
 def test_mixed_concurrent_traffic_gives_every_request_its_own_tables_answer(http, unscaled, static):
