@@ -6,7 +6,7 @@ No engine runs here: each case is checked before vLLM would start.
 import dataclasses
 
 import pytest
-from transformers import AutoConfig, LlamaConfig
+from transformers import AutoConfig
 
 from rope_plugins.catalog import SERVABLE_TYPES
 from server.model_source import DEMO_FILE, DEMO_NAME, ModelSource, demo_gguf, resolve_model
@@ -14,27 +14,7 @@ from server.plan import Platform, build_plan, kv_bytes_per_token
 from server.settings import Settings
 from tests.gguf_file import write_gguf
 from tests.helpers import refusal
-
-GiB = 2**30
-MACHINE = Platform(cpu=True, memory_bytes=24 * GiB, environ={})
-
-
-def tiny_config(**overrides) -> LlamaConfig:
-    values = dict(
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        head_dim=128,
-        max_position_embeddings=256,
-        vocab_size=2000,
-    )
-    return LlamaConfig(**(values | overrides))
-
-
-def folder(dtype: str = "auto") -> ModelSource:
-    return ModelSource("/models/tiny", None, "a folder", dtype)
+from tests.plans import MACHINE, GiB, folder, tiny_config
 
 
 def test_the_demos_plan(tmp_path):

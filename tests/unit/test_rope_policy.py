@@ -16,7 +16,7 @@ from server.metrics import Metrics
 from server.plan import RopePolicy, build_plan
 from server.rope_tables import SCALED, UNSCALED, RopeTables, Route, continuable
 from server.settings import Settings
-from tests.unit.test_plan import MACHINE, folder, tiny_config
+from tests.plans import MACHINE, folder, tiny_config
 
 SCALED_FLAGS = {"rope_type": "resonance_yarn", "rope_factor": 4}
 
