@@ -172,21 +172,39 @@ def cached(http: httpx.Client, ids: list[int]) -> tuple[int, str]:
     return details["cached_tokens"], response.headers["x-rope-table"]
 
 
-def test_a_short_and_a_long_request_never_share_prefix_cache_blocks(http, static):
-    """A 224-token prefix (the tiny checkpoint's trained length is 256): the first long
-    request reuses nothing of the short one's blocks, the second of each kind its own."""
-    prefix = token_prompt(224, salt=77)
-    short = [prefix + token_prompt(20, salt=s) for s in (1, 2)]
-    long = [prefix + token_prompt(300, salt=s) for s in (3, 4)]
-    assert cached(http, short[0]) == (0, "unscaled")
-    assert cached(http, long[0]) == (0, "scaled")
-    reused_short, table = cached(http, short[1])
-    assert table == "unscaled" and 0 < reused_short <= 224
-    reused_long, table = cached(http, long[1])
-    assert table == "scaled" and 0 < reused_long <= 224
-    # a static server shares them (the same requests, its own cache)
+@pytest.fixture(scope="module")
+def wide(plain_checkpoint, tmp_path_factory):
+    """Per-request with a trained length of 1024 (S = 4096), so that a short request holds a
+    600-token prefix; only the cache is looked at here (the weights are random anyway)."""
+    scaling = ("--rope-type", "resonance_yarn", "--rope-factor", str(FACTOR))
+    with (
+        reference_server(
+            plain_checkpoint,
+            tmp_path_factory,
+            *scaling,
+            "--original-max-position-embeddings",
+            "1024",
+        ) as running,
+        keyed_client(running, API_KEY) as http,
+    ):
+        yield http
+
+
+def test_a_short_and_a_long_request_never_share_prefix_cache_blocks(wide, static):
+    """A 600-token prefix: the first long request reuses nothing of the short one's blocks,
+    the second of each kind its own table's."""
+    prefix = token_prompt(600, salt=77)
+    short = [prefix + token_prompt(100, salt=s) for s in (1, 2)]  # 701 <= 1024: unscaled
+    long = [prefix + token_prompt(600, salt=s) for s in (3, 4)]  # 1201 > 1024: scaled
+    assert cached(wide, short[0]) == (0, "unscaled")
+    assert cached(wide, long[0]) == (0, "scaled")
+    reused_short, table = cached(wide, short[1])
+    assert table == "unscaled" and 0 < reused_short <= 600
+    reused_long, table = cached(wide, long[1])
+    assert table == "scaled" and 0 < reused_long <= 600
+    # a static server (served 1024) shares the prefix between any two requests
     cached(static, short[0])
-    assert cached(static, long[0])[0] > 0
+    assert cached(static, prefix + token_prompt(200, salt=5))[0] > 0
 
 
 def test_a_request_that_outgrows_the_trained_length_goes_on_as_the_static_server_would(
