@@ -117,6 +117,17 @@ def test_the_adapter_is_served_as_transformers_and_peft_compute_it(http, plain_c
     assert effect > 1e-2  # the adapter changes the model
 
 
+def test_a_short_prompt_through_the_adapter_runs_on_the_unscaled_table(
+    http, plain_checkpoint, adapter
+):
+    """Per-request RoPE (the server's default here) with LoRA: 200 tokens fit the trained 256,
+    so the adapter is served as transformers + peft compute it on the plain checkpoint."""
+    ids = token_prompt(200, salt=4)
+    served = prompt_logprobs(http, ADAPTER, ids)
+    difference = (served - transformers_logprobs(plain_checkpoint, ids, adapter)).abs()
+    assert difference.mean() < 5e-4 and difference.max() < 1e-2
+
+
 def test_adapter_greedy_text_differs_from_the_base(http):
     ids = token_prompt(40, salt=4)
     texts = {}
