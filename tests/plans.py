@@ -26,3 +26,16 @@ def tiny_config(**overrides) -> LlamaConfig:
 
 def folder(dtype: str = "auto") -> ModelSource:
     return ModelSource("/models/tiny", None, "a folder", dtype)
+
+
+def trained_with_scaling() -> LlamaConfig:
+    """A checkpoint whose own config carries Resonance-YaRN x4 over 256 positions."""
+    return tiny_config(
+        max_position_embeddings=1024,
+        rope_parameters={
+            "rope_type": "resonance_yarn",
+            "rope_theta": 1e4,
+            "factor": 4.0,
+            "original_max_position_embeddings": 256,
+        },
+    )

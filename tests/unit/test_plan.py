@@ -14,7 +14,7 @@ from server.plan import Platform, build_plan, kv_bytes_per_token
 from server.settings import Settings
 from tests.gguf_file import write_gguf
 from tests.helpers import refusal
-from tests.plans import MACHINE, GiB, folder, tiny_config
+from tests.plans import MACHINE, GiB, folder, tiny_config, trained_with_scaling
 
 
 def test_the_demos_plan(tmp_path):
@@ -60,15 +60,7 @@ def test_a_folder_with_each_rope_type(rope_type):
 
 
 def test_the_checkpoints_own_rope_is_kept_without_flags():
-    config = tiny_config(
-        max_position_embeddings=1024,
-        rope_parameters={
-            "rope_type": "resonance_yarn",
-            "rope_theta": 1e4,
-            "factor": 4.0,
-            "original_max_position_embeddings": 256,
-        },
-    )
+    config = trained_with_scaling()
     plan = build_plan(Settings(model="org/tiny"), folder(), config, MACHINE)
     assert plan.engine_args["hf_overrides"] == {} and plan.engine_args["max_model_len"] is None
     assert plan.info.max_model_len == 1024 and plan.info.trained_context == 256

@@ -16,7 +16,7 @@ from server.metrics import Metrics
 from server.plan import RopePolicy, build_plan
 from server.rope_tables import SCALED, UNSCALED, RopeTables, Route, continuable
 from server.settings import Settings
-from tests.plans import MACHINE, folder, tiny_config
+from tests.plans import MACHINE, folder, tiny_config, trained_with_scaling
 
 SCALED_FLAGS = {"rope_type": "resonance_yarn", "rope_factor": 4}
 
@@ -79,15 +79,7 @@ def test_where_per_request_is_not_defined_static_is_the_default_and_asking_is_re
 
 
 def test_a_checkpoint_trained_with_its_scaling_is_served_static_and_says_why():
-    config = tiny_config(
-        max_position_embeddings=1024,
-        rope_parameters={
-            "rope_type": "resonance_yarn",
-            "rope_theta": 1e4,
-            "factor": 4.0,
-            "original_max_position_embeddings": 256,
-        },
-    )
+    config = trained_with_scaling()
     policy = plan_of(config).info.rope_policy
     assert policy.name == "static"
     assert (
