@@ -170,8 +170,8 @@ def rope_policy(
 
     Per-request needs a Resonance scaling that the settings put on a checkpoint with plain
     RoPE (its unscaled table is then the checkpoint's own); a checkpoint whose config carries
-    a scaling was trained with it. Speculative decoding and pipeline parallel are refused:
-    the drafter reads positions the offset would not reach, and neither was tested.
+    a scaling was trained with it. Speculative decoding is refused: the drafter reads
+    positions the offset would not reach.
     """
     asked = settings.rope_policy
     if asked == "static":
@@ -191,8 +191,6 @@ def rope_policy(
         reason = f"per-request tables are built for the scaled Resonance types, not {rope_type}"
     elif "speculative_config" in settings.engine_args:
         reason = "speculative decoding's drafter would read unshifted positions"
-    elif settings.pipeline_parallel_size > 1:
-        reason = "pipeline parallel is not tested with per-request tables"
     elif hook_error is not None:
         reason = hook_error
     else:

@@ -57,7 +57,6 @@ def test_static_keeps_todays_rope_parameters_exactly():
             None,
             "speculative decoding's drafter would read unshifted positions",
         ),
-        ({**SCALED_FLAGS, "pipeline_parallel_size": 2}, None, "pipeline parallel is not tested"),
         (
             SCALED_FLAGS,
             {"rope_parameters": {"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e4}},
