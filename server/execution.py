@@ -134,8 +134,7 @@ class Executor:
         self.request_timeout, self.adapters, self.metrics = request_timeout, adapters, metrics
         self.model = engine.info.name
         self.lanes = EngineLanes(exclusive_needed=engine.max_lora_rank is not None)
-        info = engine.info
-        self.tables = RopeTables(info.rope_policy, static_table(info.rope), metrics)
+        self.tables = RopeTables(engine.info.rope_policy, static_table(engine.info.rope), metrics)
         self._abort_tasks: set[asyncio.Task] = set()
 
     def check_model(self, name: str | None) -> LoRARequest | None:
@@ -172,10 +171,10 @@ class Executor:
         job.model, job.lora = (lora.lora_name if lora else self.model), lora
         self.metrics.model_requests.labels(model=job.model).inc()
         admitted.ticket.charge(job.tokens)
-        job.routes = [self.tables.route(len(p.token_ids), job.params) for p in job.prompts]
-        admitted.context.headers[HEADER] = ",".join(route.label for route in job.routes)
         if job.params.structured_outputs is not None:
             await self._check_constraint(job, _constraint_param(request))
+        job.routes = [self.tables.route(len(p.token_ids), job.params) for p in job.prompts]
+        admitted.context.headers[HEADER] = ",".join(route.label for route in job.routes)
 
     async def _check_constraint(self, job: Job, param: str) -> None:
         try:

@@ -106,13 +106,14 @@ class RopeTables:
         run = engine.generate(token_ids, unscaled, request_id, lora, cache_salt=UNSCALED_SALT)
         delta = params.output_kind == RequestOutputKind.DELTA
         generated: list[int] = []
+        reached = None  # the unscaled part's last output, when it stopped at the trained length
         async for output in self._counted(run, UNSCALED, len(token_ids)):
             completion = output.outputs[0]
-            if delta:
-                generated.extend(completion.token_ids)
+            generated += completion.token_ids if delta else []
             if route.switch_after is None or not _reached(output):
                 yield output
                 continue
+            reached = output
             if delta:  # what it produced goes out now; the response is not finished
                 held = copy.copy(output)
                 held.finished = False
@@ -120,7 +121,8 @@ class RopeTables:
                 yield held
             else:
                 generated = list(completion.token_ids)
-            async for joined in self._continue(engine, output, token_ids, generated, params, lora):
+        if reached is not None:  # (after the unscaled part's stream has ended in the engine)
+            async for joined in self._continue(engine, reached, token_ids, generated, params, lora):
                 yield joined
 
     async def _continue(

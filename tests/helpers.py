@@ -4,6 +4,7 @@ recipe for test servers, prompts, and references computed outside the server."""
 import contextlib
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -128,3 +129,10 @@ def transformers_logprobs(checkpoint: Any, ids: list[int], adapter: Any = None, 
     with torch.no_grad():
         logits = model.eval()(torch.tensor([ids])).logits[0, :-1].double()
     return torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
+
+
+def wait_until(condition, seconds: float = 5) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)

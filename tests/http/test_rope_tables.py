@@ -12,8 +12,8 @@ from rope_plugins.catalog import TABLE_OFFSET
 from server.plan import RopePolicy
 from server.rope_tables import CONTINUATION, UNSCALED_SALT
 from tests.app_server import app_server
-from tests.fake_engine import FakeEngine
-from tests.helpers import ORIGINAL_CONTEXT, SERVED_CONTEXT, sse_events, token_prompt
+from tests.fake_engine import FakeEngine, Faults
+from tests.helpers import ORIGINAL_CONTEXT, SERVED_CONTEXT, sse_events, token_prompt, wait_until
 
 MODEL = "fake-model"
 POLICY = RopePolicy("per-request", "test", trained=ORIGINAL_CONTEXT, table_offset=SERVED_CONTEXT)
@@ -143,3 +143,32 @@ def test_models_and_metrics_say_the_policy_and_count_by_table(app, http):
     complete(http, token_prompt(100), max_tokens=200)
     assert count("unscaled") == before["unscaled"] + 1
     assert count("scaled") == before["scaled"] + 1
+
+
+def test_a_client_that_leaves_during_the_scaled_part_leaves_nothing_in_the_engine(app, http):
+    def continuations() -> list[str]:
+        return [i for i in app.engine.running if i.endswith(CONTINUATION)]
+
+    app.engine.faults.step_seconds = 0.01
+    body = {"model": MODEL, "prompt": token_prompt(200, salt=8), "max_tokens": 600, "stream": True}
+    try:
+        with http.stream("POST", "/v1/completions", json=body) as response:
+            assert response.headers["x-rope-table"] == "unscaled-then-scaled"
+            for _ in response.iter_lines():  # read on until the scaled part runs
+                if continuations():
+                    break
+            (continuation,) = continuations()
+    finally:
+        app.engine.faults = Faults()
+    wait_until(lambda: continuation in app.engine.aborted and not app.engine.running)
+
+
+def test_a_deadline_during_the_scaled_part_aborts_it(tokenizer):
+    engine = FakeEngine.of(tokenizer, SERVED_CONTEXT, ORIGINAL_CONTEXT, rope_policy=POLICY)
+    engine.faults.step_seconds = 0.01  # 56 unscaled steps, then 544 scaled ones: past 1 s
+    with app_server(engine, request_timeout=1) as slow:
+        body = {"model": MODEL, "prompt": token_prompt(200, salt=9), "max_tokens": 600}
+        answer = httpx.post(f"{slow.base_url}/v1/completions", json=body, timeout=10)
+        assert answer.status_code == 504, answer.text
+        wait_until(lambda: not engine.running)
+        assert any(i.endswith(CONTINUATION) for i in engine.aborted)

@@ -17,7 +17,7 @@ import pytest
 
 from harness.client import metric_samples, sse_data
 from tests.app_server import app_server
-from tests.helpers import token_prompt
+from tests.helpers import token_prompt, wait_until
 from tests.http.conftest import KEY, fake_engine
 
 MODEL = "fake-model"
@@ -29,13 +29,6 @@ def error_of(response: httpx.Response, status: int) -> dict:
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     return error
-
-
-def wait_until(condition, seconds: float = 5) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def admitted(app, resource: str = "requests") -> float:
