@@ -461,32 +461,44 @@ def test_health_answers_at_once_under_the_heaviest_admitted_stream(http, capsys)
 @pytest.mark.last
 def test_sigterm_to_the_process_group_drains_then_exits_0(http, server):
     """What Ctrl-C and systemd send: every process of the server gets the signal."""
+    prompt_tokens = 16
     body = {
         "model": MODEL_NAME,
-        "prompt": token_prompt(SERVED_CONTEXT // 2),
+        "prompt": token_prompt(prompt_tokens),
         "n": 8,
-        "max_tokens": 500,  # seconds of work: still running when the signal comes
+        "max_tokens": SERVED_CONTEXT - prompt_tokens,  # seconds of work: running at the signal
         "ignore_eos": True,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
     engine_processes = psutil.Process(server.process.pid).children(recursive=True)
     assert engine_processes
-    with http.stream("POST", "/v1/completions", json=body) as response:
-        lines = response.iter_lines()
-        next(lines)
-        os.killpg(server.process.pid, signal.SIGTERM)
-        with httpx.Client(base_url=server.base_url) as other:
-            assert wait_for(lambda: other.get("/health").status_code == 503, 5)
+
+    def health() -> int:
+        try:
+            return other.get("/health").status_code
+        except httpx.TransportError as error:  # the server no longer listens: say what it did
+            pytest.fail(f"/health: {error!r}; the server's log ends:\n{server.output()[-3000:]}")
+
+    # The probe's connection is open before the signal: no connection set-up races the drain.
+    with httpx.Client(base_url=server.base_url) as other:
+        assert health() == 200
+        with http.stream("POST", "/v1/completions", json=body) as response:
+            assert response.status_code == 200, response.read()
+            lines = response.iter_lines()
+            first = next(lines)
+            assert first.startswith("data: {") and '"error"' not in first, first
+            os.killpg(server.process.pid, signal.SIGTERM)
+            assert wait_for(lambda: health() == 503, 5)
             refused = other.post(
                 "/v1/completions",
                 json={"model": MODEL_NAME, "prompt": "x"},
                 headers={"Authorization": f"Bearer {API_KEY}"},
             )
             assert refused.status_code == 503
-        events = [line for line in lines if line.startswith("data: ")]
+            events = [line for line in lines if line.startswith("data: ")]
     assert events[-1] == "data: [DONE]"
-    assert '"completion_tokens": 4000' in events[-2]
+    assert f'"completion_tokens": {8 * body["max_tokens"]}' in events[-2]
     assert server.process.wait(60) == 0
     _, alive = psutil.wait_procs(engine_processes, timeout=10)
     assert alive == []  # the engine's processes ended with it
