@@ -58,8 +58,9 @@ class ResonanceRotaryEmbedding(RotaryEmbedding):
         return torch.cat((scaled, self._unscaled_table(self.unscaled_rows)))
 
     def _unscaled_table(self, rows: int) -> torch.Tensor:
-        """vLLM's plain RoPE table (`RotaryEmbeddingBase._compute_cos_sin_cache`), ``rows``
-        long: the values an unscaled server of the checkpoint computes, bit for bit."""
+        """vLLM's plain RoPE table (`RotaryEmbeddingBase._compute_cos_sin_cache`, whose formula
+        this repeats because it reads this class's `_compute_inv_freq`, Resonance's), ``rows``
+        long: the values an unscaled server of the checkpoint computes, bit for bit (tested)."""
         inv_freq = super()._compute_inv_freq(self.base)
         freqs = torch.einsum("i,j -> ij", torch.arange(rows, dtype=torch.float), inv_freq)
         return torch.cat((freqs.cos(), freqs.sin()), dim=-1)

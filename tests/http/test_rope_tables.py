@@ -117,6 +117,24 @@ def test_a_chat_request_without_max_tokens_starts_unscaled(app, http):
     assert response.json()["usage"]["completion_tokens"] == SERVED_CONTEXT - prompt
 
 
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "table"),
+    [
+        ("/v1/responses", {"input": "hello", "max_output_tokens": 8}, "unscaled"),
+        ("/v1/responses", {"input": "hello"}, "unscaled-then-scaled"),
+        ("/v1/messages", {"messages": HELLO, "max_tokens": 8}, "unscaled"),
+        ("/v1/messages", {"messages": HELLO, "max_tokens": 512}, "unscaled-then-scaled"),
+    ],
+)
+def test_the_responses_and_messages_apis_choose_tables_as_chat_does(app, http, path, body, table):
+    response = http.post(path, json={"model": MODEL, **body})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-rope-table"] == table
+
+
 @pytest.mark.parametrize(
     "extra",
     [{"stop": ["."]}, {"n": 2}, {"presence_penalty": 0.5}],
