@@ -2,7 +2,9 @@
 recipe for test servers, prompts, and references computed outside the server."""
 
 import contextlib
+import json
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -136,3 +138,32 @@ def wait_until(condition, seconds: float = 5) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
+
+
+def raw_request(port: int, body: dict, receive_buffer: int = 4096) -> socket.socket:
+    """A streaming request on a socket that will not be read."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.connect(("127.0.0.1", port))
+    payload = json.dumps(body).encode()
+    sock.sendall(
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+    return sock
+
+
+def closed_by_server(sock: socket.socket, within: float) -> bool:
+    """Drain what was sent; True once the server has closed the connection."""
+    sock.settimeout(0.5)
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if sock.recv(1 << 20) == b"":
+                return True
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            return True
+    return False

@@ -16,8 +16,9 @@ import openai
 import pytest
 
 from harness.client import metric_samples, sse_data
+from server import execution
 from tests.app_server import app_server
-from tests.helpers import token_prompt, wait_until
+from tests.helpers import closed_by_server, raw_request, token_prompt, wait_until
 from tests.http.conftest import KEY, fake_engine
 
 MODEL = "fake-model"
@@ -267,6 +268,30 @@ def test_a_request_past_its_deadline_is_a_504_and_aborted(tokenizer):
         assert response.headers["x-should-retry"] == "false"
         assert app.engine.aborted == [f"{rid}" for rid in app.engine.seen]
         assert admitted(app) == 0
+
+
+def test_a_stream_nobody_reads_holds_its_place_until_the_send_grace_then_is_closed(
+    tokenizer, monkeypatch
+):
+    """Megabytes of log-probabilities at once fill the socket buffers of a client that never
+    reads: past the deadline the engine's work is aborted, but the error event cannot be sent;
+    the server waits the send grace for it, then closes the connection and frees the place."""
+    monkeypatch.setattr(execution, "SEND_GRACE_SECONDS", 3.0)
+    engine = fake_engine(tokenizer)
+    settings = {"max_concurrent_requests": 1, "request_timeout": 2, "max_queued_tokens": 10**5}
+    with app_server(engine, **settings) as app:
+        body = {"model": MODEL, "prompt": ["x"] * 4, "n": 16, "max_tokens": 900, "logprobs": 20}
+        silent = raw_request(int(app.base_url.rsplit(":", 1)[1]), body | {"stream": True})
+        wait_until(lambda: admitted(app) == 1)
+        time.sleep(2 + 1)  # past the deadline, inside the send grace
+        assert engine.aborted  # the engine's work ended at the deadline
+        busy = httpx.post(f"{app.base_url}/v1/completions", json=body, timeout=10)
+        assert busy.status_code == 429, "freed at the deadline: the buffers took the stream"
+        wait_until(lambda: admitted(app) == 0, seconds=6)  # unread: the grace ended it
+        assert closed_by_server(silent, within=10)
+        quick = {"model": MODEL, "prompt": "x", "max_tokens": 2}
+        assert httpx.post(f"{app.base_url}/v1/completions", json=quick).status_code == 200
+        silent.close()
 
 
 # ------------------------------------------------------------------ admission
