@@ -109,7 +109,8 @@ class RopeTables:
         reached = None  # the unscaled part's last output, when it stopped at the trained length
         async for output in self._counted(run, UNSCALED, len(token_ids)):
             completion = output.outputs[0]
-            generated += completion.token_ids if delta else []
+            if delta:
+                generated.extend(completion.token_ids)
             if route.switch_after is None or not _reached(output):
                 yield output
                 continue
